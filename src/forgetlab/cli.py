@@ -1,0 +1,153 @@
+"""The ``forgetlab`` command line (typer + rich)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Verifiable machine unlearning for MLLMs.")
+console = Console(stderr=True)
+
+
+def _fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(2)
+
+
+def _threads() -> None:
+    import torch
+
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), 8)))
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Option(help="output folder (MLLMU-Bench layout)")],
+    people: Annotated[int, typer.Option(help="number of fictitious people")] = 100,
+    seed: Annotated[int, typer.Option(help="generator seed")] = 0,
+) -> None:
+    """Generate the embedded synthetic benchmark in MLLMU-Bench's file format."""
+    from forgetlab.data.mllmu import DataError
+    from forgetlab.data.synth import write_benchmark
+
+    try:
+        path = write_benchmark(out, people=people, seed=seed)
+    except (DataError, ValueError, FileExistsError) as e:
+        _fail(str(e))
+    console.print(f"benchmark written to [bold]{path}[/]")
+
+
+@app.command()
+def finetune(
+    data: Annotated[Path, typer.Option(help="benchmark folder (MLLMU-Bench layout with ft_Data)")],
+    out: Annotated[Path, typer.Option(help="output model folder")],
+    arch: Annotated[str, typer.Option(help="llava or qwen2vl")] = "llava",
+    seed: Annotated[int, typer.Option()] = 0,
+    epochs: Annotated[int | None, typer.Option(help="epochs over all data (default from config)")] = None,
+) -> None:
+    """Inject the benchmark's knowledge into a fresh tiny model: the 'original' model."""
+    from forgetlab.data.mllmu import DataError
+    from forgetlab.progress import progress_bar
+    from forgetlab.train.finetune import FinetuneConfig
+    from forgetlab.train.finetune import finetune as run
+
+    _threads()
+    overrides = {"arch": arch, "seed": seed} | ({"epochs": epochs} if epochs is not None else {})
+    try:
+        config = FinetuneConfig(**overrides)
+        with progress_bar("finetune") as update:
+            summary = run(data, out, config, progress=update)
+    except (DataError, ValueError) as e:
+        _fail(str(e))
+    console.print(f"model saved to [bold]{out}[/] ({summary['steps']} steps, {summary['seconds']} s)")
+
+
+@app.command("eval")
+def eval_(
+    model: Annotated[Path, typer.Option(help="model folder")],
+    data: Annotated[Path, typer.Option(help="benchmark folder (MLLMU-Bench layout)")],
+    out: Annotated[Path, typer.Option(help="output folder for metrics.json and answers.jsonl")],
+    forget_ratio: Annotated[int, typer.Option(help="5, 10 or 15")] = 10,
+    protocol: Annotated[str, typer.Option(help="loglik (fast) or generate (reference)")] = "loglik",
+    generation: Annotated[bool, typer.Option(help="also run generation and cloze tasks")] = True,
+) -> None:
+    """Evaluate a model: MCQ accuracy per split x modality, cloze, ROUGE and BLEU."""
+    from forgetlab.data.mllmu import DataError
+    from forgetlab.eval.runner import EvalConfig, evaluate
+    from forgetlab.io import write_json, write_jsonl
+    from forgetlab.models.load import ModelPathError, load
+
+    _threads()
+    if protocol not in ("loglik", "generate"):
+        _fail(f"--protocol must be 'loglik' or 'generate', got {protocol!r}")
+    try:
+        m, processor = load(model)
+        cfg = EvalConfig(forget_ratio=forget_ratio, protocol=protocol, generation=generation)  # type: ignore[arg-type]
+        result = evaluate(m, processor, data, cfg, progress=lambda s: console.print(f"evaluating {s} ..."))
+    except (DataError, ModelPathError, ValueError) as e:
+        _fail(str(e))
+    write_json(
+        out / "metrics.json",
+        {
+            "model": str(model),
+            "data": str(data),
+            "forget_ratio": forget_ratio,
+            "protocol": protocol,
+            "metrics": result.metrics,
+        },
+    )
+    write_jsonl(out / "answers.jsonl", result.rows)
+    print_metrics({"model": result.metrics})
+    console.print(f"wrote {out / 'metrics.json'}")
+
+
+def print_metrics(models: dict[str, dict]) -> None:
+    """A rich table of MCQ accuracies, one row per model."""
+    cols = [
+        "forget_vqa_acc",
+        "forget_qa_acc",
+        "test_vqa_acc",
+        "retain_vqa_acc",
+        "retain_qa_acc",
+        "realworld_vqa_acc",
+        "realworld_qa_acc",
+        "perception_vqa_acc",
+        "world_qa_acc",
+    ]
+    table = Table(title="MCQ accuracy")
+    table.add_column("model")
+    for c in cols:
+        table.add_column(c.replace("_acc", "").replace("_", " "), justify="right")
+    for name, m in models.items():
+        table.add_row(name, *[("-" if m.get(c) is None else f"{m[c]:.2f}") for c in cols])
+    Console().print(table)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="run folder")] = Path("runs/demo"),
+    people: Annotated[int, typer.Option(help="people in the synthetic benchmark")] = 100,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """The whole pipeline on the embedded benchmark, offline: synth -> finetune -> eval -> report."""
+    from forgetlab.demo import run_demo
+
+    _threads()
+    try:
+        result = run_demo(out, people=people, seed=seed, console=console)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    print_metrics(result["models"])
+    console.print(f"report: [bold]{out / 'report.html'}[/]  metrics: [bold]{out / 'metrics.json'}[/]")
+
+
+def main() -> None:  # pragma: no cover - console entry
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,183 @@
+"""From :class:`Sample` to model batches: chat-formatted prompts, label spans, padding.
+
+One place decides how a question is shown to a model (chat template, image placeholder,
+MCQ options) and which tokens carry the loss:
+
+* ``span="answer"`` — only the answer tokens (and the end-of-turn token) are supervised;
+* ``span="full"`` — every text token of prompt and answer is supervised, padding and
+  image placeholders excluded. This is what the MMUnlearner/MLLMU-Bench reference code
+  does, and the feasibility notes show it is what makes VQA-only gradient ascent reach
+  the LLM's text knowledge. Every result records which span it used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from transformers import ProcessorMixin
+
+from forgetlab.data.schema import Sample
+
+Span = Literal["answer", "full"]
+SPANS: tuple[str, ...] = ("answer", "full")
+IGNORE = -100
+
+#: LLaVA-1.5 instruction used by the MLLMU-Bench reference evaluation for MCQs.
+MCQ_INSTRUCTION = "Answer with the option's letter from the given choices directly."
+
+
+def mcq_question(question: str, options: dict[str, str]) -> str:
+    """The reference MCQ prompt: question, one ``X: option`` line per choice, instruction."""
+    lines = "\n".join(f"{k}: {v}" for k, v in options.items())
+    return f"{question}\n{lines}\n{MCQ_INSTRUCTION}"
+
+
+def chat_messages(question: str, has_image: bool, answer: str | None = None) -> list[dict]:
+    """Messages in the transformers multimodal chat format (one user turn, optional answer)."""
+    content: list[dict] = [{"type": "image"}] if has_image else []
+    content.append({"type": "text", "text": question})
+    messages = [{"role": "user", "content": content}]
+    if answer is not None:
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
+    return messages
+
+
+def _tokenizer(processor):
+    return getattr(processor, "tokenizer", processor)
+
+
+def _encode_text(processor, text: str, image) -> dict[str, torch.Tensor]:
+    if image is None:
+        enc = _tokenizer(processor)(text, return_tensors="pt", add_special_tokens=False)
+    else:
+        enc = processor(images=[image], text=[text], return_tensors="pt", add_special_tokens=False)
+    return {k: v for k, v in enc.items()}
+
+
+def render_prompt(processor, question: str, has_image: bool) -> str:
+    """Prompt text up to (and including) the assistant's turn marker."""
+    messages = chat_messages(question, has_image)
+    return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+@dataclass
+class Encoded:
+    """One tokenised example; tensors are unbatched (``pixel_values`` as the processor gives it)."""
+
+    input_ids: torch.Tensor
+    labels: torch.Tensor
+    pixel_values: torch.Tensor | None = None
+    image_grid_thw: torch.Tensor | None = None
+    prompt_len: int = 0
+
+
+def image_token_ids(processor) -> set[int]:
+    """Ids of the placeholder tokens the processor expands images into."""
+    tok = _tokenizer(processor)
+    ids = set()
+    for name in ("image_token", "video_token", "boi_token", "eoi_token"):
+        t = getattr(processor, name, None) or getattr(tok, name, None)
+        if isinstance(t, str):
+            tid = tok.convert_tokens_to_ids(t)
+            if tid is not None and tid != tok.unk_token_id:
+                ids.add(tid)
+    for t in ("<|vision_start|>", "<|vision_end|>"):
+        tid = tok.convert_tokens_to_ids(t)
+        if isinstance(tid, int) and tid != tok.unk_token_id:
+            ids.add(tid)
+    return ids
+
+
+def encode(
+    processor: ProcessorMixin,
+    sample: Sample,
+    answer: str | None = None,
+    *,
+    span: Span = "answer",
+    with_options: bool = False,
+) -> Encoded:
+    """Tokenise ``sample`` with ``answer`` (default: its ground truth) as the assistant turn.
+
+    ``with_options`` shows the MCQ options in the prompt (the reference MCQ format).
+    """
+    if span not in SPANS:
+        raise ValueError(f"label span {span!r} is not one of {list(SPANS)}")
+    question = sample.question
+    if with_options:
+        if not sample.options:
+            raise ValueError(f"sample {sample.person_id!r} has no options to show: {sample.question!r}")
+        question = mcq_question(question, sample.options)
+    answer = sample.answer if answer is None else answer
+    has_image = sample.image is not None
+    prompt = render_prompt(processor, question, has_image)
+    full = processor.apply_chat_template(
+        chat_messages(question, has_image, answer), tokenize=False, add_generation_prompt=False
+    )
+    enc = _encode_text(processor, full.rstrip("\n"), sample.image)
+    n_prompt = _encode_text(processor, prompt, sample.image)["input_ids"].shape[1]
+    ids = enc["input_ids"][0]
+    labels = ids.clone()
+    if span == "answer":
+        labels[:n_prompt] = IGNORE
+    else:
+        labels[0] = IGNORE  # nothing predicts the first token
+        skip = image_token_ids(processor)
+        if skip:
+            labels[torch.isin(ids, torch.tensor(sorted(skip)))] = IGNORE
+    return Encoded(
+        input_ids=ids,
+        labels=labels,
+        pixel_values=enc.get("pixel_values"),
+        image_grid_thw=enc.get("image_grid_thw"),
+        prompt_len=n_prompt,
+    )
+
+
+def encode_prompt(processor: ProcessorMixin, sample: Sample, *, with_options: bool = False) -> Encoded:
+    """Tokenise only the prompt (for generation and option scoring); labels are all ignored."""
+    question = mcq_question(sample.question, sample.options) if with_options else sample.question
+    prompt = render_prompt(processor, question, sample.image is not None)
+    enc = _encode_text(processor, prompt, sample.image)
+    ids = enc["input_ids"][0]
+    return Encoded(
+        input_ids=ids,
+        labels=torch.full_like(ids, IGNORE),
+        pixel_values=enc.get("pixel_values"),
+        image_grid_thw=enc.get("image_grid_thw"),
+        prompt_len=len(ids),
+    )
+
+
+def collate(examples: Sequence[Encoded], pad_id: int, *, left_pad: bool = False) -> dict[str, torch.Tensor]:
+    """Pad a list of encoded examples into a batch dict the model (and methods) take.
+
+    Images of the examples that have one are concatenated in order, which is how both
+    LLaVA (stacked ``[n_img, 3, H, W]``) and Qwen2-VL (patch rows + ``image_grid_thw``)
+    expect them; text-only examples contribute no image.
+    """
+    if not examples:
+        raise ValueError("cannot collate an empty list of examples")
+    width = max(len(e.input_ids) for e in examples)
+    n = len(examples)
+    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
+    labels = torch.full((n, width), IGNORE, dtype=torch.long)
+    attention = torch.zeros((n, width), dtype=torch.long)
+    for i, e in enumerate(examples):
+        k = len(e.input_ids)
+        sl = slice(width - k, width) if left_pad else slice(0, k)
+        input_ids[i, sl] = e.input_ids
+        labels[i, sl] = e.labels
+        attention[i, sl] = 1
+    batch = {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+    pixels = [e.pixel_values for e in examples if e.pixel_values is not None]
+    if pixels:
+        grids = [e.image_grid_thw for e in examples if e.image_grid_thw is not None]
+        if grids:
+            batch["pixel_values"] = torch.cat(pixels, dim=0)
+            batch["image_grid_thw"] = torch.cat(grids, dim=0)
+        else:
+            batch["pixel_values"] = torch.cat([p if p.dim() == 4 else p[None] for p in pixels], dim=0)
+    return batch

@@ -1,0 +1,161 @@
+"""Multiple-choice scoring by two protocols, and free generation.
+
+* ``loglik`` (default, fast): the question is asked *without* the options and each
+  option's text is scored as the assistant's answer (sum of its token log-probs); the
+  best-scoring option is the prediction. When every option is a single token, one
+  forward pass of the prompt scores all four at once.
+* ``generate`` (the MLLMU-Bench reference): the prompt lists the options and asks for
+  the letter; greedy decoding; the first alphanumeric character is the prediction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from forgetlab.data.collate import Encoded, collate, encode, encode_prompt
+from forgetlab.data.schema import Sample
+from forgetlab.eval.textmetrics import parse_choice
+
+Protocol = Literal["loglik", "generate"]
+PROTOCOLS: tuple[str, ...] = ("loglik", "generate")
+
+
+@dataclass
+class Choice:
+    """A model's answer to one MCQ: predicted letter and, for loglik, each option's score."""
+
+    predicted: str | None
+    scores: dict[str, float] | None = None
+    generated: str | None = None
+
+
+def _pad_id(processor) -> int:
+    tok = getattr(processor, "tokenizer", processor)
+    return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+
+def _chunks(items: Sequence, size: int):
+    for k in range(0, len(items), size):
+        yield items[k : k + size]
+
+
+def _answer_suffix_len(processor, sample: Sample) -> int:
+    """Tokens the chat template appends after an answer (end-of-turn markers)."""
+    e = encode(processor, sample, answer="")
+    return len(e.input_ids) - e.prompt_len
+
+
+@torch.no_grad()
+def _sequence_scores(
+    model, examples: list[Encoded], spans: list[tuple[int, int]], pad_id: int, bs: int
+) -> list[float]:
+    """Sum of log p(token) over ``spans[i] = (start, end)`` token positions of each example."""
+    out: list[float] = []
+    for idx in _chunks(list(range(len(examples))), bs):
+        batch = collate([examples[i] for i in idx], pad_id)
+        batch.pop("labels")
+        logprobs = torch.log_softmax(model(**batch).logits.float(), dim=-1)
+        for row, i in enumerate(idx):
+            start, end = spans[i]
+            targets = examples[i].input_ids[start:end]
+            lp = logprobs[row, start - 1 : end - 1].gather(-1, targets[:, None]).sum()
+            out.append(lp.item())
+    return out
+
+
+def score_options(model, processor, samples: Sequence[Sample], batch_size: int = 32) -> list[Choice]:
+    """The ``loglik`` protocol for a list of MCQ samples."""
+    pad_id = _pad_id(processor)
+    results: list[Choice | None] = [None] * len(samples)
+    # fast path: all options single tokens and the prompt is a prefix of every answer sequence
+    single: list[tuple[int, Encoded, dict[str, int]]] = []
+    multi: list[int] = []
+    for i, s in enumerate(samples):
+        if not s.options:
+            raise ValueError(f"sample of {s.person_id!r} is not a multiple-choice question: {s.question!r}")
+        suffix = _answer_suffix_len(processor, s)
+        prompt = encode_prompt(processor, s)
+        token_of: dict[str, int] = {}
+        for letter, text in s.options.items():
+            e = encode(processor, s, answer=text)
+            n_answer = len(e.input_ids) - e.prompt_len - suffix
+            if n_answer != 1 or not torch.equal(e.input_ids[: e.prompt_len], prompt.input_ids):
+                break
+            token_of[letter] = int(e.input_ids[e.prompt_len])
+        if len(token_of) == len(s.options) and len(set(token_of.values())) == len(token_of):
+            single.append((i, prompt, token_of))
+        else:
+            multi.append(i)
+    with torch.no_grad():
+        for chunk in _chunks(single, batch_size):
+            batch = collate([p for _, p, _ in chunk], pad_id, left_pad=True)
+            batch.pop("labels")
+            last = torch.log_softmax(model(**batch).logits[:, -1].float(), dim=-1)
+            for row, (i, _, token_of) in enumerate(chunk):
+                scores = {k: last[row, t].item() for k, t in token_of.items()}
+                results[i] = Choice(max(scores, key=scores.get), scores)
+    if multi:
+        examples, spans, owners = [], [], []
+        for i in multi:
+            s = samples[i]
+            suffix = _answer_suffix_len(processor, s)
+            for letter, text in s.options.items():
+                e = encode(processor, s, answer=text)
+                examples.append(e)
+                spans.append((e.prompt_len, len(e.input_ids) - suffix))
+                owners.append((i, letter))
+        flat = _sequence_scores(model, examples, spans, pad_id, batch_size)
+        per: dict[int, dict[str, float]] = {}
+        for (i, letter), v in zip(owners, flat, strict=True):
+            per.setdefault(i, {})[letter] = v
+        for i, scores in per.items():
+            results[i] = Choice(max(scores, key=scores.get), scores)
+    return results  # type: ignore[return-value]
+
+
+@torch.no_grad()
+def generate_answers(
+    model,
+    processor,
+    samples: Sequence[Sample],
+    *,
+    with_options: bool,
+    max_new_tokens: int,
+    batch_size: int = 32,
+) -> list[str]:
+    """Greedy answers to each sample's prompt (left-padded batches), special tokens removed."""
+    tok = getattr(processor, "tokenizer", processor)
+    pad_id = _pad_id(processor)
+    texts: list[str] = []
+    for chunk in _chunks(list(samples), batch_size):
+        prompts = [encode_prompt(processor, s, with_options=with_options) for s in chunk]
+        batch = collate(prompts, pad_id, left_pad=True)
+        batch.pop("labels")
+        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id)
+        new = out[:, batch["input_ids"].shape[1] :]
+        texts += [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
+    return texts
+
+
+def answer_mcq(
+    model, processor, samples: Sequence[Sample], protocol: Protocol = "loglik", batch_size: int = 32
+) -> list[Choice]:
+    """Predicted letters for ``samples`` under ``protocol``."""
+    if protocol == "loglik":
+        return score_options(model, processor, samples, batch_size)
+    if protocol == "generate":
+        gen = generate_answers(
+            model, processor, samples, with_options=True, max_new_tokens=5, batch_size=batch_size
+        )
+        return [
+            Choice(parse_choice(g, "".join(s.options or "ABCD")), generated=g)
+            for s, g in zip(samples, gen, strict=True)
+        ]
+    raise ValueError(f"unknown MCQ protocol {protocol!r}; choose one of {list(PROTOCOLS)}")
+
+
+ProgressFn = Callable[[int], None]

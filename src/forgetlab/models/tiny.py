@@ -1,0 +1,233 @@
+"""Tiny multimodal models built from the real Hugging Face classes, fully offline.
+
+The embedded benchmark needs a model small enough to train on two CPU cores in minutes,
+yet built from the same classes as LLaVA-1.5 and Qwen2-VL so that every code path
+(processor, chat template, module groups, ``save_pretrained``/``from_pretrained``) is
+the one a real checkpoint goes through. The tokenizer is a word-level vocabulary
+trained with ``tokenizers`` on the benchmark's own text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Literal
+
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+from transformers import (
+    CLIPImageProcessorPil,
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+    ProcessorMixin,
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
+    Qwen2VLImageProcessorPil,
+)
+
+from forgetlab.models.processors import Qwen2VLImageProcessorOnly
+
+Arch = Literal["llava", "qwen2vl"]
+ARCHES: tuple[str, ...] = ("llava", "qwen2vl")
+
+PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<s>", "</s>"
+LLAVA_IMAGE = "<image>"
+QWEN_VISION_START, QWEN_IMAGE, QWEN_VISION_END = "<|vision_start|>", "<|image_pad|>", "<|vision_end|>"
+QWEN_VIDEO = "<|video_pad|>"
+SPECIAL_TOKENS = [PAD, UNK, BOS, EOS, LLAVA_IMAGE, QWEN_VISION_START, QWEN_IMAGE, QWEN_VISION_END, QWEN_VIDEO]
+
+#: LLaVA-1.5's conversation format ("USER: <image>\n... ASSISTANT: ..."), as a chat template.
+LLAVA_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}USER: "
+    "{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<image>{{ '\\n' }}{% else %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{{ '\\n' }}"
+    "{% else %}ASSISTANT: {% for part in message['content'] %}{{ part['text'] }}{% endfor %}</s>{{ '\\n' }}"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+#: Qwen2-VL's ChatML format with its vision markers.
+QWEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% else %}{{ part['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+#: words every prompt format needs, whatever the benchmark text holds.
+_FORMAT_WORDS = (
+    "USER: ASSISTANT: <|im_start|> <|im_end|> user assistant system A B C D E : ___ ? . , "
+    "Answer with the option's letter from the given choices directly. "
+    "Just give ONE letter representing the answer directly. Question"
+)
+
+
+def build_tokenizer(texts: Iterable[str], arch: Arch = "llava") -> PreTrainedTokenizerFast:
+    """Train a lower-cased word-level tokenizer on ``texts`` and wrap it for transformers.
+
+    Every word of the benchmark becomes one token, which keeps the tiny model's vocabulary
+    at a few hundred entries and makes each attribute value a single token.
+    """
+    tok = Tokenizer(models.WordLevel(unk_token=UNK))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    extra = ["<|im_start|>", "<|im_end|>"]
+    trainer = trainers.WordLevelTrainer(special_tokens=SPECIAL_TOKENS + extra, min_frequency=1)
+    tok.train_from_iterator([_FORMAT_WORDS, *texts], trainer=trainer)
+    template = LLAVA_CHAT_TEMPLATE if arch == "llava" else QWEN_CHAT_TEMPLATE
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token=PAD,
+        unk_token=UNK,
+        bos_token=BOS,
+        eos_token=EOS if arch == "llava" else "<|im_end|>",
+        padding_side="right",
+        chat_template=template,
+        extra_special_tokens={"image_token": LLAVA_IMAGE if arch == "llava" else QWEN_IMAGE},
+    )
+    if arch == "qwen2vl":
+        fast.add_special_tokens(
+            {"additional_special_tokens": [QWEN_VISION_START, QWEN_VISION_END, QWEN_VIDEO]}
+        )
+    return fast
+
+
+def _llava(tokenizer: PreTrainedTokenizerFast, image_size: int) -> tuple[PreTrainedModel, ProcessorMixin]:
+    patch = 8
+    vision = CLIPVisionConfig(
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        image_size=image_size,
+        patch_size=patch,
+        projection_dim=128,
+    )
+    text = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=256,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
+    n_patches = (image_size // patch) ** 2
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=tokenizer.convert_tokens_to_ids(LLAVA_IMAGE),
+        image_seq_length=n_patches,
+        vision_feature_select_strategy="default",  # drop CLS: one feature per patch
+        vision_feature_layer=-1,  # a 4-layer tower has no layer to spare
+    )
+    model = LlavaForConditionalGeneration(config)
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
+        do_center_crop=True,
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=patch,
+        vision_feature_select_strategy="default",
+        chat_template=LLAVA_CHAT_TEMPLATE,
+        num_additional_image_tokens=1,  # CLIP's CLS token, dropped by the "default" strategy
+    )
+    return model, processor
+
+
+def _qwen2vl(tokenizer: PreTrainedTokenizerFast, image_size: int) -> tuple[PreTrainedModel, ProcessorMixin]:
+    patch, merge = 8, 2
+    hidden, heads = 256, 4
+    head_dim = hidden // heads
+    config = Qwen2VLConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": hidden,
+            "intermediate_size": 512,
+            "num_hidden_layers": 4,
+            "num_attention_heads": heads,
+            "num_key_value_heads": heads,
+            "max_position_embeddings": 512,
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 10000.0,
+                "mrope_section": [head_dim // 8, 3 * head_dim // 16, 3 * head_dim // 16],
+            },
+            "pad_token_id": tokenizer.pad_token_id,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+        },
+        vision_config={
+            "depth": 4,
+            "embed_dim": 128,
+            "hidden_size": hidden,
+            "num_heads": 4,
+            "mlp_ratio": 2,
+            "patch_size": patch,
+            "spatial_merge_size": merge,
+            "temporal_patch_size": 2,
+        },
+        image_token_id=tokenizer.convert_tokens_to_ids(QWEN_IMAGE),
+        video_token_id=tokenizer.convert_tokens_to_ids(QWEN_VIDEO),
+        vision_start_token_id=tokenizer.convert_tokens_to_ids(QWEN_VISION_START),
+        vision_end_token_id=tokenizer.convert_tokens_to_ids(QWEN_VISION_END),
+        tie_word_embeddings=False,
+    )
+    model = Qwen2VLForConditionalGeneration(config)
+    pixels = image_size * image_size
+    image_processor = Qwen2VLImageProcessorPil(
+        patch_size=patch,
+        merge_size=merge,
+        temporal_patch_size=2,
+        min_pixels=pixels,
+        max_pixels=pixels,
+    )
+    processor = Qwen2VLImageProcessorOnly(
+        image_processor=image_processor, tokenizer=tokenizer, chat_template=QWEN_CHAT_TEMPLATE
+    )
+    return model, processor
+
+
+def build_tiny_model(
+    arch: Arch, texts: Iterable[str], image_size: int = 48, seed: int = 0
+) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """A freshly initialised tiny model of ``arch`` and its processor.
+
+    Args:
+        arch: ``"llava"`` (CLIP tower + projector + Llama) or ``"qwen2vl"``.
+        texts: all benchmark text, used to train the word-level vocabulary.
+        image_size: side of the square input image in pixels (multiple of 16).
+        seed: initialisation seed.
+    """
+    import torch
+
+    if arch not in ARCHES:
+        raise ValueError(f"unknown arch {arch!r}; choose one of {list(ARCHES)}")
+    if image_size % 16:
+        raise ValueError(f"image_size must be a multiple of 16, got {image_size}")
+    tokenizer = build_tokenizer(texts, arch)
+    torch.manual_seed(seed)
+    builder = _llava if arch == "llava" else _qwen2vl
+    model, processor = builder(tokenizer, image_size)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model, processor
+
+
+def save_model(model: PreTrainedModel, processor: ProcessorMixin, out: Path) -> None:
+    """Save model + processor in the layout ``from_pretrained`` reads (safetensors weights)."""
+    model.save_pretrained(out, safe_serialization=True)
+    processor.save_pretrained(out)

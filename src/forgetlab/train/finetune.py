@@ -1,0 +1,234 @@
+"""Knowledge injection: train the "original" model that later gets unlearned.
+
+Recipe (see ``shared/NOTES-feasibility.md``): AdamW at 3e-4 with warm-up and clipping
+(1e-3 kills the vision pathway of a tiny LLaVA), a perception stage first (colours,
+shapes, generic face features) so the vision tower learns to see before it must
+recognise identities, then everything: attribute VQA, naming VQA, text QA about every
+person, perception and world knowledge. A share of each epoch's examples is shown in the
+reference MCQ format (options + "answer with the letter") with freshly drawn options, so
+that the generate-then-parse-letter protocol is meaningful on a tiny model too.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, Field
+
+from forgetlab.data.collate import Encoded, collate, encode
+from forgetlab.data.mllmu import available_splits, load_split, load_training
+from forgetlab.data.schema import Sample
+from forgetlab.io import atomic_dir, write_json
+from forgetlab.models.tiny import Arch, build_tiny_model, save_model
+
+
+class FinetuneConfig(BaseModel):
+    """Knowledge-injection hyper-parameters (defaults: the embedded benchmark on 2 CPU cores)."""
+
+    arch: Arch = "llava"
+    image_size: int = Field(32, description="input image side in pixels")
+    seed: int = 0
+    lr: float = Field(3e-4, gt=0, description="peak AdamW learning rate; >=1e-3 kills the vision pathway")
+    warmup_steps: int = 100
+    batch_size: int = 32
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    perception_epochs: int = Field(3, description="epochs on perception data only, before everything")
+    epochs: int = Field(20, description="epochs over all training data")
+    mcq_fraction: float = Field(0.25, ge=0, le=1, description="share of keys also shown as an MCQ each epoch")
+    perception_share: float = Field(0.25, ge=0, le=1, description="share of perception keys per epoch after stage 1")
+
+
+def _template(question: str) -> str:
+    """Question with capitalised words (names) after the first removed: the answer pool key."""
+    words = question.split()
+    return " ".join(words[:1] + [w for w in words[1:] if not w[:1].isupper()])
+
+
+def answer_pools(samples: list[Sample]) -> dict[str, list[str]]:
+    """Distinct answers per question template, the pool MCQ distractors are drawn from."""
+    pools: dict[str, set[str]] = defaultdict(set)
+    for s in samples:
+        pools[_template(s.question)].add(s.answer)
+    return {k: sorted(v) for k, v in pools.items()}
+
+
+def as_mcq(sample: Sample, pools: dict[str, list[str]], rng: random.Random) -> Sample | None:
+    """The sample as a 4-option MCQ with distractors from its pool (None if the pool is too small)."""
+    pool = [a for a in pools.get(_template(sample.question), []) if a != sample.answer]
+    if len(pool) < 3:
+        return None
+    choices = rng.sample(pool, 3) + [sample.answer]
+    rng.shuffle(choices)
+    letters = "ABCD"
+    options = dict(zip(letters, choices, strict=True))
+    letter = letters[choices.index(sample.answer)]
+    return Sample(
+        question=sample.question,
+        answer=letter,
+        modality=sample.modality,
+        task=sample.task,
+        person_id=sample.person_id,
+        split=sample.split,
+        image=sample.image,
+        options=options,
+        correct=letter,
+    )
+
+
+def is_perception(sample: Sample) -> bool:
+    return sample.person_id.lower().startswith("perc")
+
+
+def benchmark_texts(root: Path) -> list[str]:
+    """All text of a benchmark folder: what the tiny model's vocabulary is trained on."""
+    texts: list[str] = []
+    for s in load_training(root, "ft_Data"):
+        texts += [s.question, s.answer]
+    for split in available_splits(root):
+        if split == "ft_Data" or split.startswith(("forget_", "retain_")):
+            continue
+        for s in load_split(root, split):
+            texts += [s.question, s.answer, *(s.options or {}).values()]
+    return texts
+
+
+class EpochSampler:
+    """Draws one epoch of encoded examples.
+
+    Every (person, question) key is shown once per epoch with one of its image views
+    drawn at random (the benchmark holds several renderings per person, like several
+    photos); perception keys are subsampled after the perception stage; a share of keys
+    is shown as an MCQ with freshly drawn options. Encodings are cached, so each distinct
+    example is tokenised once.
+    """
+
+    def __init__(self, processor, samples: list[Sample], config: FinetuneConfig, rng: random.Random) -> None:
+        self.processor, self.config, self.rng = processor, config, rng
+        self.pools = answer_pools(samples)
+        self.keys: dict[tuple[str, str], list[Sample]] = defaultdict(list)
+        for s in samples:
+            self.keys[(s.person_id, s.question)].append(s)
+        self._cache: dict[tuple, Encoded] = {}
+
+    def _encode(self, sample: Sample, mcq: bool) -> Encoded | None:
+        if not mcq:
+            key = (id(sample), None)
+            if key not in self._cache:
+                self._cache[key] = encode(self.processor, sample)
+            return self._cache[key]
+        m = as_mcq(sample, self.pools, self.rng)  # fresh options: letters cannot be memorised
+        return encode(self.processor, m, with_options=True) if m else None
+
+    def epoch(self, stage: str) -> list[Encoded]:
+        out: list[Encoded] = []
+        for (pid, _), variants in self.keys.items():
+            perception = is_perception(variants[0])
+            if stage == "perception" and not perception:
+                continue
+            if stage == "all" and perception and self.rng.random() >= self.config.perception_share:
+                continue
+            sample = self.rng.choice(variants)
+            out.append(self._encode(sample, mcq=False))
+            if stage == "all" and self.rng.random() < self.config.mcq_fraction:
+                e = self._encode(self.rng.choice(variants), mcq=True)
+                if e is not None:
+                    out.append(e)
+        self.rng.shuffle(out)
+        return out
+
+    def n_keys(self, stage: str) -> int:
+        """Expected examples per epoch of ``stage`` (for the progress bar and LR schedule)."""
+        perc = sum(1 for v in self.keys.values() if is_perception(v[0]))
+        if stage == "perception":
+            return perc
+        other = len(self.keys) - perc
+        return round((other + perc * self.config.perception_share) * (1 + self.config.mcq_fraction))
+
+
+def finetune(
+    data: Path,
+    out: Path,
+    config: FinetuneConfig | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict:
+    """Train a tiny model on ``data``'s ``ft_Data`` and save it (atomically) to ``out``.
+
+    Returns the training summary (also written to ``out/finetune.json``).
+    """
+    config = config or FinetuneConfig()
+    torch.manual_seed(config.seed)
+    rng = random.Random(config.seed)
+    samples = load_training(data, "ft_Data")
+    if not samples:
+        raise ValueError(f"{data}: ft_Data holds no training pairs")
+    model, processor = build_tiny_model(config.arch, benchmark_texts(data), config.image_size, config.seed)
+    pad_id = processor.tokenizer.pad_token_id
+    sampler = EpochSampler(processor, samples, config, rng)
+
+    stages = [("perception", config.perception_epochs), ("all", config.epochs)]
+    n_steps = sum(e * math.ceil(sampler.n_keys(st) / config.batch_size) for st, e in stages)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: min(1.0, (step + 1) / config.warmup_steps)
+        * 0.5
+        * (1 + math.cos(math.pi * min(step, n_steps) / n_steps)),
+    )
+    model.train()
+    log: list[dict] = []
+    step, seen, t0 = 0, 0, time.time()
+    for stage, epochs in stages:
+        for epoch in range(epochs):
+            examples = sampler.epoch(stage)
+            total = 0.0
+            for k in range(0, len(examples), config.batch_size):
+                chunk = examples[k : k + config.batch_size]
+                batch = collate(chunk, pad_id)
+                labels = batch.pop("labels")
+                logits = model(**batch).logits[:, :-1]
+                loss = torch.nn.functional.cross_entropy(
+                    logits.reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1), ignore_index=-100
+                )
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"non-finite training loss at step {step} ({stage} epoch {epoch})")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                optimizer.step()
+                schedule.step()
+                step += 1
+                total += loss.item() * len(chunk)
+                if progress:
+                    progress(stage, step, max(n_steps, step))
+            seen += len(examples)
+            log.append({"stage": stage, "epoch": epoch, "loss": total / max(len(examples), 1), "step": step,
+                        "seconds": round(time.time() - t0, 1)})
+    summary = {
+        "config": config.model_dump(),
+        "data": str(data),
+        "n_train_pairs": len(samples),
+        "examples_seen": seen,
+        "steps": step,
+        "seconds": round(time.time() - t0, 1),
+        "log": log,
+    }
+    model.eval()
+    with atomic_dir(out) as tmp:
+        save_model(model, processor, tmp)
+        write_json(tmp / "finetune.json", summary)
+    return summary
+
+
+def load_summary(model_dir: Path) -> dict | None:
+    path = Path(model_dir) / "finetune.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
