@@ -151,3 +151,9 @@ def main() -> None:  # pragma: no cover - console entry
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+from forgetlab.train.commands import mask_command, unlearn_command  # noqa: E402
+
+app.command("unlearn")(unlearn_command)
+app.command("mask")(mask_command)

@@ -50,7 +50,7 @@ def forget_probe(name: str, method: UnlearnMethod) -> tuple[Callable[[torch.nn.M
         return lambda m: method.forget_loss(m, F, None)[0].item(), -1
     if name == "rmu":  # forget activations approach c·u
         return lambda m: method.forget_loss(m, F, None)[0].item(), -1
-    if name in {"ga", "ga_diff", "kl_min", "npo", "simnpo"}:  # the forget answers get less likely
+    if name in {"ga", "ga_diff", "kl_min", "mmunlearner", "npo", "simnpo"}:  # the forget answers get less likely
         return lambda m: mean_nll(m, F).item(), +1
     return lambda m: method.compute_loss(m, {"forget": F, "retain": R}, frozen_copy(m)).loss.item(), -1
 
@@ -62,9 +62,7 @@ def retain_probe(method: UnlearnMethod, ref: torch.nn.Module) -> Callable[[torch
         return lambda m: kl_on_labels(m, ref, R).item()
     if kind == "activation":
         layer = method.config.layer
-        return lambda m: masked_mse(
-            hidden_at(m, R, layer), hidden_at(ref, R, layer), R["attention_mask"]
-        ).item()
+        return lambda m: masked_mse(hidden_at(m, R, layer), hidden_at(ref, R, layer), R["attention_mask"]).item()
     return lambda m: mean_nll(m, R).item()
 
 

@@ -13,7 +13,7 @@ MCQ options) and which tokens carry the loss:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -49,6 +49,13 @@ def _tokenizer(processor):
     return getattr(processor, "tokenizer", processor)
 
 
+_TOKEN_KEYS = ("mm_token_type_ids", "token_type_ids")
+
+
+def _token_extras(enc: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: enc[k][0] for k in _TOKEN_KEYS if k in enc}
+
+
 def _encode_text(processor, text: str, image) -> dict[str, torch.Tensor]:
     if image is None:
         enc = _tokenizer(processor)(text, return_tensors="pt", add_special_tokens=False)
@@ -72,6 +79,8 @@ class Encoded:
     pixel_values: torch.Tensor | None = None
     image_grid_thw: torch.Tensor | None = None
     prompt_len: int = 0
+    #: per-token tensors some processors add (e.g. Qwen2-VL's ``mm_token_type_ids``), padded with 0
+    token_extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def image_token_ids(processor) -> set[int]:
@@ -133,6 +142,7 @@ def encode(
         pixel_values=enc.get("pixel_values"),
         image_grid_thw=enc.get("image_grid_thw"),
         prompt_len=n_prompt,
+        token_extras=_token_extras(enc),
     )
 
 
@@ -148,6 +158,7 @@ def encode_prompt(processor: ProcessorMixin, sample: Sample, *, with_options: bo
         pixel_values=enc.get("pixel_values"),
         image_grid_thw=enc.get("image_grid_thw"),
         prompt_len=len(ids),
+        token_extras=_token_extras(enc),
     )
 
 
@@ -172,6 +183,13 @@ def collate(examples: Sequence[Encoded], pad_id: int, *, left_pad: bool = False)
         labels[i, sl] = e.labels
         attention[i, sl] = 1
     batch = {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+    for key in {k for e in examples for k in e.token_extras}:
+        extra = torch.zeros((n, width), dtype=torch.long)
+        for i, e in enumerate(examples):
+            if key in e.token_extras:
+                k = len(e.input_ids)
+                extra[i, slice(width - k, width) if left_pad else slice(0, k)] = e.token_extras[key]
+        batch[key] = extra
     pixels = [e.pixel_values for e in examples if e.pixel_values is not None]
     if pixels:
         grids = [e.image_grid_thw for e in examples if e.image_grid_thw is not None]

@@ -67,8 +67,14 @@ def _sequence_scores(
     return out
 
 
-def score_options(model, processor, samples: Sequence[Sample], batch_size: int = 32) -> list[Choice]:
-    """The ``loglik`` protocol for a list of MCQ samples."""
+def score_options(
+    model, processor, samples: Sequence[Sample], batch_size: int = 32, single_pass: bool = True
+) -> list[Choice]:
+    """The ``loglik`` protocol for a list of MCQ samples.
+
+    ``single_pass=False`` forces the general path (one sequence per option), which the
+    tests use to check that the one-forward shortcut gives the same scores.
+    """
     pad_id = _pad_id(processor)
     results: list[Choice | None] = [None] * len(samples)
     # fast path: all options single tokens and the prompt is a prefix of every answer sequence
@@ -86,7 +92,7 @@ def score_options(model, processor, samples: Sequence[Sample], batch_size: int =
             if n_answer != 1 or not torch.equal(e.input_ids[: e.prompt_len], prompt.input_ids):
                 break
             token_of[letter] = int(e.input_ids[e.prompt_len])
-        if len(token_of) == len(s.options) and len(set(token_of.values())) == len(token_of):
+        if single_pass and len(token_of) == len(s.options) and len(set(token_of.values())) == len(token_of):
             single.append((i, prompt, token_of))
         else:
             multi.append(i)

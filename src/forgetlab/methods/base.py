@@ -61,6 +61,8 @@ class UnlearnMethod(ABC):
     forget_needs_ref: ClassVar[bool] = False
     #: retain losses that need π_ref.
     ref_retain_losses: ClassVar[frozenset[str]] = frozenset({"kl"})
+    #: whether the trainer must restrict updates to a parameter mask (MMUnlearner, SalUn).
+    requires_mask: ClassVar[bool] = False
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         self.config = config if config is not None else self.Config()

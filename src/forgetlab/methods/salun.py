@@ -95,6 +95,7 @@ class SalUn(UnlearnMethod):
     """Random labels on forget + retain descent; the trainer restricts updates to ``saliency_mask``."""
 
     Config = SalUnConfig
+    requires_mask = True
 
     def forget_loss(
         self, model: torch.nn.Module, forget: Batch, ref_model: torch.nn.Module | None

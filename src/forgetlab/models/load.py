@@ -20,6 +20,7 @@ from transformers import (
     PreTrainedModel,
     Qwen2VLForConditionalGeneration,
 )
+from transformers.processing_utils import ProcessorMixin
 
 from forgetlab.models.processors import Qwen2VLImageProcessorOnly
 
@@ -68,15 +69,17 @@ def load_processor(path: str | Path, *, trust_remote_code: bool = False):
         return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     proc_cfg = path / "processor_config.json"
     proc_class = json.loads(proc_cfg.read_text()).get("processor_class") if proc_cfg.exists() else None
-    if proc_class == Qwen2VLImageProcessorOnly.__name__ or "Qwen2VL" in "".join(
-        config.get("architectures") or []
-    ):
-        try:
-            return AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
-        except (ImportError, ValueError, TypeError, AttributeError):
-            # the real Qwen2VLProcessor needs torchvision for its video processor
-            return Qwen2VLImageProcessorOnly.from_pretrained(path)
-    return AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if proc_class == Qwen2VLImageProcessorOnly.__name__:
+        return Qwen2VLImageProcessorOnly.from_pretrained(path)
+    try:
+        processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (ImportError, ValueError, TypeError, AttributeError):
+        processor = None  # e.g. the real Qwen2VLProcessor needs torchvision for its video processor
+    if isinstance(processor, ProcessorMixin):
+        return processor
+    if "Qwen2VL" in "".join(config.get("architectures") or []):
+        return Qwen2VLImageProcessorOnly.from_pretrained(path)
+    raise ModelPathError(f"{path}: could not build a multimodal processor (processor_class={proc_class!r})")
 
 
 def load_model(

@@ -26,6 +26,7 @@ from forgetlab.data.collate import Encoded, collate, encode
 from forgetlab.data.mllmu import available_splits, load_split, load_training
 from forgetlab.data.schema import Sample
 from forgetlab.io import atomic_dir, write_json
+from forgetlab.models.groups import module_groups
 from forgetlab.models.tiny import Arch, build_tiny_model, save_model
 
 
@@ -35,7 +36,8 @@ class FinetuneConfig(BaseModel):
     arch: Arch = "llava"
     image_size: int = Field(32, description="input image side in pixels")
     seed: int = 0
-    lr: float = Field(3e-4, gt=0, description="peak AdamW learning rate; >=1e-3 kills the vision pathway")
+    lr: float = Field(1e-3, gt=0, description="peak AdamW learning rate of the language model")
+    vision_lr: float = Field(3e-4, gt=0, description="peak LR of vision tower + projector; >=1e-3 kills them")
     warmup_steps: int = 100
     batch_size: int = 32
     weight_decay: float = 0.0
@@ -158,6 +160,7 @@ def finetune(
     out: Path,
     config: FinetuneConfig | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    verbose: bool = False,
 ) -> dict:
     """Train a tiny model on ``data``'s ``ft_Data`` and save it (atomically) to ``out``.
 
@@ -175,12 +178,21 @@ def finetune(
 
     stages = [("perception", config.perception_epochs), ("all", config.epochs)]
     n_steps = sum(e * math.ceil(sampler.n_keys(st) / config.batch_size) for st, e in stages)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    groups = module_groups(model)
+    vision = groups["vision"] | groups["projector"]
+    named = dict(model.named_parameters())
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": [p for n, p in named.items() if n in vision], "lr": config.vision_lr},
+            {"params": [p for n, p in named.items() if n not in vision], "lr": config.lr},
+        ],
+        weight_decay=config.weight_decay,
+    )
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        lambda step: min(1.0, (step + 1) / config.warmup_steps)
-        * 0.5
-        * (1 + math.cos(math.pi * min(step, n_steps) / n_steps)),
+        lambda step: (
+            min(1.0, (step + 1) / config.warmup_steps) * 0.5 * (1 + math.cos(math.pi * min(step, n_steps) / n_steps))
+        ),
     )
     model.train()
     log: list[dict] = []
@@ -208,9 +220,18 @@ def finetune(
                 total += loss.item() * len(chunk)
                 if progress:
                     progress(stage, step, max(n_steps, step))
+                if verbose and step % 100 == 0:
+                    print(f"step {step}/{n_steps} {stage} loss {loss.item():.3f} {time.time() - t0:.0f}s", flush=True)
             seen += len(examples)
-            log.append({"stage": stage, "epoch": epoch, "loss": total / max(len(examples), 1), "step": step,
-                        "seconds": round(time.time() - t0, 1)})
+            log.append(
+                {
+                    "stage": stage,
+                    "epoch": epoch,
+                    "loss": total / max(len(examples), 1),
+                    "step": step,
+                    "seconds": round(time.time() - t0, 1),
+                }
+            )
     summary = {
         "config": config.model_dump(),
         "data": str(data),
@@ -230,5 +251,3 @@ def finetune(
 def load_summary(model_dir: Path) -> dict | None:
     path = Path(model_dir) / "finetune.json"
     return json.loads(path.read_text()) if path.exists() else None
-
-

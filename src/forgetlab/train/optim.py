@@ -9,10 +9,11 @@ interleaved schedule) update every element, exactly like ``torch.optim.AdamW``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 
 import torch
+
+_SQRT_SHIFT = 1e-30
 
 
 class MaskedAdamW(torch.optim.Optimizer):
@@ -20,8 +21,13 @@ class MaskedAdamW(torch.optim.Optimizer):
 
     Args:
         params: parameters to optimise.
-        masks: parameter -> bool tensor of its shape; parameters without an entry are
-            updated in full even in masked steps (freeze them with ``requires_grad=False``).
+        masks: parameter -> bool tensor of its shape (True = may move); parameters without an
+            entry are updated in full even in masked steps (freeze them with ``requires_grad=False``).
+
+    Masking multiplies by the mask viewed as ``uint8`` (the bool tensor's own storage: no copy,
+    one byte per element; on CPU several times faster than ``masked_fill_``/``where``). In a
+    masked step the (finite) update of a masked-out element becomes exactly +0, so the element stays
+    bit-identical; a non-finite update means the run diverged, which the trainer stops on.
     """
 
     def __init__(
@@ -34,7 +40,20 @@ class MaskedAdamW(torch.optim.Optimizer):
         masks: dict[torch.nn.Parameter, torch.Tensor] | None = None,
     ) -> None:
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
-        self.masks = {id(p): m.to(device=p.device, dtype=torch.bool) for p, m in (masks or {}).items()}
+        self.keep: dict[int, torch.Tensor] = {}
+        for p, m in (masks or {}).items():
+            if tuple(m.shape) != tuple(p.shape):
+                raise ValueError(f"mask of shape {tuple(m.shape)} for a parameter of shape {tuple(p.shape)}")
+            self.keep[id(p)] = m.to(device=p.device, dtype=torch.bool).contiguous().view(torch.uint8)
+
+    @torch.no_grad()
+    def mask_gradients(self) -> None:
+        """Zero the gradients of masked-out elements (call before clipping: it then sees the masked norm)."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                keep = self.keep.get(id(p))
+                if keep is not None and p.grad is not None:
+                    p.grad.mul_(keep)
 
     @torch.no_grad()
     def step(self, closure=None, masked: bool = True):  # type: ignore[override]
@@ -55,14 +74,14 @@ class MaskedAdamW(torch.optim.Optimizer):
                 m.mul_(b1).add_(g, alpha=1 - b1)
                 v.mul_(b2).addcmul_(g, g, value=1 - b2)
                 bias1, bias2 = 1 - b1**t, 1 - b2**t
-                denom = (v.sqrt() / math.sqrt(bias2)).add_(eps)
-                update = (m / bias1).div_(denom).mul_(lr)
+                # sqrt(v / bias2 + 1e-30): on common x86 CPUs sqrt(0) is ~10x slower than sqrt of a normal
+                # number, and masked gradients leave many exact zeros in v; the shift is < 1e-15 << eps
+                denom = v.div(bias2).add_(_SQRT_SHIFT).sqrt_().add_(eps)
+                update = denom.reciprocal_().mul_(m).mul_(lr / bias1)  # reuses denom's buffer
                 if wd:
                     update.add_(p, alpha=lr * wd)
-                mask = self.masks.get(id(p)) if masked else None
-                if mask is not None:
-                    update = torch.where(
-                        mask, update, torch.zeros((), dtype=update.dtype, device=update.device)
-                    )
+                keep = self.keep.get(id(p)) if masked else None
+                if keep is not None:
+                    update.mul_(keep).add_(0.0)  # x * 0 is -0 for negative x; -0 + 0 = +0, and p - (+0) == p
                 p.sub_(update)
         return loss

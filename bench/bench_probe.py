@@ -1,0 +1,246 @@
+"""Time forgetlab's representation probe against PyPI ``representational-analysis`` 0.1.3.
+
+Run: ``.venv/bin/python bench/bench_probe.py [--layers 12] [--hidden 128] [--queries 40]``.
+A script, not a test. Both sides analyse the same saved tiny ``LlamaForCausalLM`` pair (the
+reference and a copy whose upper half of decoder blocks is perturbed, standing in for an
+unlearned model) on the same queries, on the CPU with one thread, for all four analyses over
+all layers: CKA, PCA similarity, PCA shift and diagonal Fisher.
+
+* theirs: ``run_feature_analysis(feature, ...)`` once per feature with its defaults
+  (batch_size 4, num_batches 10, max_length 128, bf16 as hard-coded); it returns nothing and
+  writes PDFs, so its numbers are read from the arguments it passes to matplotlib
+  (``Axes.plot`` / ``scatter`` / ``hist``), unchanged;
+* ours: one ``run_probe`` (every layer, three poolings, CKA debiased + biased, PCA similarity,
+  eigengap, PCA shift, per-example Fisher on the same number of queries, JSON/CSV), cold cache.
+
+Two timings each: with plotting (as shipped) and compute only (their ``savefig`` replaced by a
+no-op, our ``plots=False``). Install theirs with
+``pip install --no-deps representational-analysis==0.1.3 pandas`` (their package imports pandas;
+``datasets``, also declared, is never imported). Without it only our side runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import math
+import os
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from forgetlab.models.tiny_lm import build_tiny_causal_lm
+from forgetlab.probe.run import run_probe
+
+WORDS = (
+    "the a person doctor teacher lives in boston paris london likes cycling noodles music "
+    "painting works as an engineer artist who is from city village near river sea old young "
+    "her his name was born and enjoys reading chess garden food favourite hobby"
+).split()
+
+
+def make_queries(n: int, seed: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return [" ".join(rng.choice(WORDS, size=int(rng.integers(6, 16)))) for _ in range(n)]
+
+
+def build_pair(root: Path, layers: int, hidden: int, queries: list[str]) -> tuple[Path, Path]:
+    """Reference = briefly trained tiny Llama; updated = it with blocks >= layers/2 perturbed."""
+    model, tok = build_tiny_causal_lm(queries, hidden=hidden, layers=layers, heads=4, seed=0)
+    batch = tok(queries, return_tensors="pt", padding=True)
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(30):  # a few steps so that the representations are not just random init
+        loss = model(**batch, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    ref, upd = root / "reference", root / "updated"
+    model.save_pretrained(ref)
+    tok.save_pretrained(ref)
+    changed = copy.deepcopy(model)
+    with torch.no_grad():
+        for block in changed.model.layers[layers // 2 :]:
+            for p in block.parameters():
+                p.add_(0.02 * torch.randn_like(p))
+    changed.save_pretrained(upd)
+    tok.save_pretrained(upd)
+    return ref, upd
+
+
+@contextlib.contextmanager
+def matplotlib_spy(no_save: bool):
+    """Record what their code hands to matplotlib; optionally make ``savefig`` a no-op."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    calls: list[tuple[str, tuple]] = []
+    originals = {name: getattr(Axes, name) for name in ("plot", "scatter", "hist")}
+
+    def spy(name):
+        def wrapper(self, *args, **kwargs):
+            calls.append((name, args))
+            return originals[name](self, *args, **kwargs)
+
+        return wrapper
+
+    for name in originals:
+        setattr(Axes, name, spy(name))
+    orig_save = Figure.savefig
+    if no_save:
+        Figure.savefig = lambda self, *a, **k: None
+    try:
+        yield calls
+    finally:
+        for name, fn in originals.items():
+            setattr(Axes, name, fn)
+        Figure.savefig = orig_save
+
+
+def run_theirs(ref: Path, upd: Path, queries: list[str], out: Path, plots: bool) -> tuple[dict, dict]:
+    from representational_toolkit.analysis import run_feature_analysis
+
+    times: dict[str, float] = {}
+    numbers: dict[str, object] = {}
+    for feature in ("cka", "pca_sim", "pca_shift", "fim"):
+        target = out / feature if feature == "fim" else out / f"{feature}.pdf"
+        with matplotlib_spy(no_save=not plots) as calls, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            t0 = time.perf_counter()
+            run_feature_analysis(feature, str(ref), str(upd), queries, str(target), device="cpu")
+            times[feature] = time.perf_counter() - t0
+        if feature in ("cka", "pca_sim"):
+            numbers[feature] = [float(v) for v in calls[0][1][1]]
+        elif feature == "pca_shift":
+            numbers[feature] = [float(v) for v in calls[1][1][0]]  # 2nd scatter: "Updated" ΔPC1
+        else:
+            hists = [np.asarray(args[0], dtype=np.float64) for name, args in calls if name == "hist"]
+            numbers["fim_ref"] = hists[0::2]
+            numbers["fim_upd"] = hists[1::2]
+    return times, numbers
+
+
+def run_ours(ref: Path, upd: Path, queries_file: Path, out: Path, n_fisher: int, plots: bool) -> tuple[float, dict]:
+    t0 = time.perf_counter()
+    summary = run_probe(
+        ref,
+        [upd],
+        out,
+        texts=queries_file,
+        fisher_examples=n_fisher,
+        cache_dir=out / "cache",
+        plots=plots,
+        device="cpu",
+    )
+    return time.perf_counter() - t0, summary
+
+
+def fmt(v: float) -> str:
+    return "nan" if v is None or not math.isfinite(v) else f"{v:8.4f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--layers", type=int, default=12)
+    ap.add_argument("--hidden", type=int, default=128)
+    ap.add_argument("--queries", type=int, default=40, help="their CKA/Fisher read 10 batches of 4 = 40")
+    ap.add_argument("--out", type=Path, default=None, help="work folder (default: a temporary one)")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        import representational_toolkit.analysis  # noqa: F401
+
+        theirs_error = None
+    except Exception as exc:  # noqa: BLE001 - report any import failure and run ours alone
+        theirs_error = f"{type(exc).__name__}: {exc}"
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.out or Path(tmp)
+        root.mkdir(parents=True, exist_ok=True)
+        queries = make_queries(args.queries)
+        (root / "queries.txt").write_text("\n".join(queries) + "\n")
+        ref, upd = build_pair(root / "models", args.layers, args.hidden, queries)
+        print(
+            f"tiny LlamaForCausalLM: {args.layers} layers, hidden {args.hidden}, {len(queries)} queries, "
+            f"CPU, 1 thread, torch {torch.__version__}"
+        )
+
+        ours: dict[str, float] = {}
+        theirs: dict[str, dict[str, float]] = {}
+        summary = numbers = None
+        for plots in (False, True):
+            key = "with plots" if plots else "compute only"
+            ours[key], s = run_ours(ref, upd, root / "queries.txt", root / f"ours-{int(plots)}", args.queries, plots)
+            summary = summary or s
+            if theirs_error is None:
+                theirs[key], n = run_theirs(ref, upd, queries, root / f"theirs-{int(plots)}", plots)
+                numbers = numbers or n
+
+        print("\n== time for CKA + PCA similarity + PCA shift + Fisher over all layers (seconds) ==")
+        print(f"{'':14s} {'theirs':>9s} {'ours':>9s} {'speed-up':>9s}")
+        for key, t_ours in ours.items():
+            if theirs_error is None:
+                t_theirs = sum(theirs[key].values())
+                print(f"{key:14s} {t_theirs:9.2f} {t_ours:9.2f} {t_theirs / t_ours:8.1f}x")
+            else:
+                print(f"{key:14s} {'-':>9s} {t_ours:9.2f}")
+        if theirs_error is not None:
+            print(f"\nrepresentational-analysis not run: {theirs_error}")
+            return
+        parts = ", ".join(f"{k} {v:.2f}" for k, v in theirs["compute only"].items())
+        print(f"theirs per analysis (compute only): {parts}")
+        print("ours: 2 model loads, 1 forward pass per model and batch, all metrics, Fisher, JSON/CSV")
+
+        res = summary["results"]["mean"]["all"]["updated"]
+        ours_by = {ly: i for i, ly in enumerate(res["layers"])}
+        fisher = summary["fisher"]["reports"]
+        print("\n== per-layer numbers: theirs vs ours (ours: mean pooling over real tokens, BOS and pads excluded) ==")
+        print(
+            f"{'layer':14s} {'CKA theirs':>10s} {'CKA ours':>9s} {'biased':>8s} "
+            f"{'PCAsim th':>9s} {'PCAsim us':>9s} {'shift th':>9s} {'shift us':>9s} "
+            f"{'FIM#par th':>10s} {'FIM#par us':>10s} {'FIMmed th':>10s} {'FIMmed us':>10s}"
+        )
+        f_upd = fisher["updated"]
+        for i in range(args.layers):
+            name = f"language.{i}"
+            j = ours_by[name]
+            k = f_upd["layers"].index(name)
+            th_fim = numbers["fim_upd"][i]
+            print(
+                f"{name:14s} {fmt(numbers['cka'][i]):>10s} {fmt(res['cka'][j]):>9s} {fmt(res['cka_biased'][j]):>8s} "
+                # their hidden_states[i + 1] is block i's output (the last one normed)
+                f"{fmt(numbers['pca_sim'][i + 1]):>9s} {fmt(res['pca_similarity'][j]):>9s} "
+                f"{fmt(numbers['pca_shift'][i + 1]):>9s} {fmt(res['pca_shift'][j]):>9s} "
+                f"{th_fim.size:10d} {f_upd['n'][k]:10d} {np.median(th_fim):10.2e} {f_upd['q50'][k]:10.2e}"
+            )
+        print(
+            "\nwhy they differ:\n"
+            "- CKA: theirs pools token 0 only; with a BOS token that state is the same for every query, so\n"
+            "  the centred Gram matrix is 0 and their CKA is 0/(0+1e-12) = 0 at every layer. It is also the\n"
+            "  biased estimator on 40 queries (ours reports debiased, biased alongside) and runs one forward\n"
+            "  pass per layer per model.\n"
+            "- PCA similarity: theirs averages over all positions including pads (padding to the longest\n"
+            "  query) and reports the signed cosine of PC1s, whose sign is arbitrary; ours excludes pads and\n"
+            "  BOS and reports |cos| with the reference's eigengap. Its last index is the normed output.\n"
+            "- PCA shift: theirs pads every query to 128 tokens and averages all 128 positions, so the mean\n"
+            "  is mostly pad-token states; its shift is in raw units along PC1. Ours is the centroid shift in\n"
+            "  units of the reference's standard deviation along PC1, over real tokens only.\n"
+            "- Fisher: theirs selects parameters with the substring 'model.layers.1', which also grabs\n"
+            "  layers 10, 11, ... (see the parameter counts), uses labels = input_ids so pad tokens are\n"
+            "  supervised, squares batch-mean gradients in bf16, and reloads both models for every layer.\n"
+            "  Ours: per-example squared gradients (pads excluded by labels = -100), fp32, layers by module."
+        )
+
+
+if __name__ == "__main__":
+    main()

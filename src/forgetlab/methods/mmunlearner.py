@@ -1,0 +1,52 @@
+"""MMUnlearner: importance-constrained selective gradient ascent.
+
+Huo et al., "MMUnlearner: Reformulating Multimodal Machine Unlearning in the Era of Multimodal
+Large Language Models", https://arxiv.org/abs/2502.11051.
+
+The loss is plain gradient ascent on the forget batch (:func:`~forgetlab.methods.ga.gradient_ascent_loss`),
+with the retain regulariser every method has. What makes it MMUnlearner is the parameter mask
+``M = I_f >= gamma * I_p`` (diagonal Fisher on forget VQA vs. the paper's preserve sets, see
+:func:`forgetlab.train.masking.compute_mask`): the trainer restricts every forget step to ``M``,
+freezes parameters outside the masked groups and keeps masked-out elements bit-identical
+(``requires_mask = True``). The mask fields below are read by the trainer when no mask file is
+given; this module does no masked optimisation itself.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from forgetlab.methods._common import Batch
+from forgetlab.methods.base import METHODS, MethodConfig, UnlearnMethod
+from forgetlab.methods.ga import gradient_ascent_loss
+
+
+class MMUnlearnerConfig(MethodConfig):
+    """Forget-only masked GA by default; the mask fields are used when the trainer computes the mask."""
+
+    groups: Literal["vision", "language", "both"] = Field(
+        "both", description="module groups the mask covers (vision = tower + projector); others are frozen"
+    )
+    gamma: float = Field(1.0, ge=0, description="select elements with I_f >= gamma * I_p")
+    top_k: float | None = Field(None, gt=0, le=1, description="keep only this fraction, ranked by I_f / I_p")
+    estimator: Literal["batch", "example"] = Field(
+        "batch", description="Fisher estimator: squared batch gradients (reference) or per-example"
+    )
+    linear_only: bool = Field(False, description="mask only nn.Linear weights (the reference's filter)")
+    importance_batch_size: int = Field(8, ge=1, description="batch size of the importance passes")
+
+
+@METHODS.register("mmunlearner")
+class MMUnlearner(UnlearnMethod):
+    """Gradient ascent on forget data, restricted by the trainer to the importance mask."""
+
+    Config = MMUnlearnerConfig
+    requires_mask = True
+
+    def forget_loss(
+        self, model: torch.nn.Module, forget: Batch, ref_model: torch.nn.Module | None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        return gradient_ascent_loss(model, forget)
