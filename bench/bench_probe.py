@@ -1,6 +1,6 @@
 """Time forgetlab's representation probe against PyPI ``representational-analysis`` 0.1.3.
 
-Run: ``.venv/bin/python bench/bench_probe.py [--layers 12] [--hidden 128] [--queries 40]``.
+Run: ``.venv/bin/python bench/bench_probe.py [--layers 12] [--hidden 64] [--queries 40]``.
 A script, not a test. Both sides analyse the same saved tiny ``LlamaForCausalLM`` pair (the
 reference and a copy whose upper half of decoder blocks is perturbed, standing in for an
 unlearned model) on the same queries, on the CPU with one thread, for all four analyses over
@@ -13,8 +13,10 @@ all layers: CKA, PCA similarity, PCA shift and diagonal Fisher.
 * ours: one ``run_probe`` (every layer, three poolings, CKA debiased + biased, PCA similarity,
   eigengap, PCA shift, per-example Fisher on the same number of queries, JSON/CSV), cold cache.
 
-Two timings each: with plotting (as shipped) and compute only (their ``savefig`` replaced by a
-no-op, our ``plots=False``). Install theirs with
+Theirs runs once, as shipped (with its PDFs; about 4 minutes at the default size); ours runs
+cold with plots (the comparison), cold without plots, and warm (everything read from the cache).
+12 layers by default so that their substring match of ``model.layers.1`` visibly grabs 10 and 11.
+Install theirs with
 ``pip install --no-deps representational-analysis==0.1.3 pandas`` (their package imports pandas;
 ``datasets``, also declared, is never imported). Without it only our side runs.
 """
@@ -106,7 +108,7 @@ def matplotlib_spy(no_save: bool):
         Figure.savefig = orig_save
 
 
-def run_theirs(ref: Path, upd: Path, queries: list[str], out: Path, plots: bool) -> tuple[dict, dict]:
+def run_theirs(ref: Path, upd: Path, queries: list[str], out: Path, plots: bool = True) -> tuple[dict, dict]:
     from representational_toolkit.analysis import run_feature_analysis
 
     times: dict[str, float] = {}
@@ -118,10 +120,12 @@ def run_theirs(ref: Path, upd: Path, queries: list[str], out: Path, plots: bool)
             t0 = time.perf_counter()
             run_feature_analysis(feature, str(ref), str(upd), queries, str(target), device="cpu")
             times[feature] = time.perf_counter() - t0
+        print(f"  theirs {feature:9s} {times[feature]:8.2f} s", flush=True)
         if feature in ("cka", "pca_sim"):
             numbers[feature] = [float(v) for v in calls[0][1][1]]
         elif feature == "pca_shift":
-            numbers[feature] = [float(v) for v in calls[1][1][0]]  # 2nd scatter: "Updated" ΔPC1
+            scatters = [args for name, args in calls if name == "scatter"]
+            numbers[feature] = [float(v) for v in scatters[1][0]]  # 2nd scatter: "Updated" ΔPC1
         else:
             hists = [np.asarray(args[0], dtype=np.float64) for name, args in calls if name == "hist"]
             numbers["fim_ref"] = hists[0::2]
@@ -151,7 +155,7 @@ def fmt(v: float) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", type=int, default=12)
-    ap.add_argument("--hidden", type=int, default=128)
+    ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--queries", type=int, default=40, help="their CKA/Fisher read 10 batches of 4 = 40")
     ap.add_argument("--out", type=Path, default=None, help="work folder (default: a temporary one)")
     args = ap.parse_args()
@@ -175,31 +179,28 @@ def main() -> None:
             f"CPU, 1 thread, torch {torch.__version__}"
         )
 
-        ours: dict[str, float] = {}
-        theirs: dict[str, dict[str, float]] = {}
-        summary = numbers = None
-        for plots in (False, True):
-            key = "with plots" if plots else "compute only"
-            ours[key], s = run_ours(ref, upd, root / "queries.txt", root / f"ours-{int(plots)}", args.queries, plots)
-            summary = summary or s
-            if theirs_error is None:
-                theirs[key], n = run_theirs(ref, upd, queries, root / f"theirs-{int(plots)}", plots)
-                numbers = numbers or n
+        t_compute, _ = run_ours(ref, upd, root / "queries.txt", root / "ours-np", args.queries, plots=False)
+        t_ours, summary = run_ours(ref, upd, root / "queries.txt", root / "ours", args.queries, plots=True)
+        t_warm, _ = run_ours(ref, upd, root / "queries.txt", root / "ours", args.queries, plots=True)
+        print(f"  ours (cold cache, with plots) {t_ours:.2f} s", flush=True)
+        if theirs_error is None:
+            theirs, numbers = run_theirs(ref, upd, queries, root / "theirs", plots=True)
 
         print("\n== time for CKA + PCA similarity + PCA shift + Fisher over all layers (seconds) ==")
-        print(f"{'':14s} {'theirs':>9s} {'ours':>9s} {'speed-up':>9s}")
-        for key, t_ours in ours.items():
-            if theirs_error is None:
-                t_theirs = sum(theirs[key].values())
-                print(f"{key:14s} {t_theirs:9.2f} {t_ours:9.2f} {t_theirs / t_ours:8.1f}x")
-            else:
-                print(f"{key:14s} {'-':>9s} {t_ours:9.2f}")
+        if theirs_error is None:
+            t_theirs = sum(theirs.values())
+            parts = ", ".join(f"{k} {v:.1f}" for k, v in theirs.items())
+            print(f"theirs, as shipped (PDF plots): {t_theirs:8.2f}   ({parts})")
+            print(f"ours, cold cache, PNG plots:    {t_ours:8.2f}   speed-up {t_theirs / t_ours:.1f}x")
+        else:
+            print(f"ours, cold cache, PNG plots:    {t_ours:8.2f}")
+        print(f"ours, cold cache, no plots:     {t_compute:8.2f}")
+        print(f"ours, warm cache (features and Fisher reused), plots: {t_warm:.2f}")
+        print("ours = 2 model loads, 1 forward per batch per model (3 poolings), all layers, CKA debiased +")
+        print("       biased, PCA similarity + eigengap, PCA shift, per-example Fisher, JSON/CSV, 4 groups of plots")
         if theirs_error is not None:
             print(f"\nrepresentational-analysis not run: {theirs_error}")
             return
-        parts = ", ".join(f"{k} {v:.2f}" for k, v in theirs["compute only"].items())
-        print(f"theirs per analysis (compute only): {parts}")
-        print("ours: 2 model loads, 1 forward pass per model and batch, all metrics, Fisher, JSON/CSV")
 
         res = summary["results"]["mean"]["all"]["updated"]
         ours_by = {ly: i for i, ly in enumerate(res["layers"])}

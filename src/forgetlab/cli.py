@@ -157,3 +157,6 @@ from forgetlab.train.commands import mask_command, unlearn_command  # noqa: E402
 
 app.command("unlearn")(unlearn_command)
 app.command("mask")(mask_command)
+from forgetlab.probe.run import probe_command  # noqa: E402
+
+app.command("probe")(probe_command)

@@ -7,8 +7,8 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import QUERIES
 
+from conftest import QUERIES
 from forgetlab.data.collate import collate
 from forgetlab.models.inputs import forward_kwargs
 from forgetlab.probe.capture import (

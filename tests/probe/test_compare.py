@@ -9,8 +9,8 @@ import math
 
 import pytest
 import torch
-from conftest import QUERIES
 
+from conftest import QUERIES
 from forgetlab.probe.capture import Features, capture, encode_probe
 from forgetlab.probe.compare import compare, compare_models, plot_comparison, write_comparison
 

@@ -6,8 +6,8 @@ import math
 
 import pytest
 import torch
-from conftest import QUERIES
 
+from conftest import QUERIES
 from forgetlab.data.collate import IGNORE
 from forgetlab.probe.capture import encode_probe, layer_names
 from forgetlab.probe.fisher import BIN_EDGES, fisher_diagonal, fisher_report, parameter_layers, plot_fisher, summarize
@@ -71,7 +71,8 @@ def test_report_and_plot(tiny_llama, tmp_path):
     model, tok = tiny_llama
     rep = fisher_report(model, encode_probe(tok, QUERIES[:4]), pad_id=tok.pad_token_id)
     assert rep["layers"] == ["language.emb", "language.0", "language.1", "language.2", "language.norm", "language.head"]
-    assert all(q50 <= q90 <= q99 <= mx for q50, q90, q99, mx in zip(rep["q50"], rep["q90"], rep["q99"], rep["max"]))
+    stats = zip(rep["q50"], rep["q90"], rep["q99"], rep["max"], strict=True)
+    assert all(q50 <= q90 <= q99 <= mx for q50, q90, q99, mx in stats)
     assert rep["total"]["n"] == sum(p.numel() for p in model.parameters())
     paths = plot_fisher({"a": rep, "b": rep}, tmp_path)
     assert [p.name for p in paths] == ["fisher_hist.png", "fisher_layers.png"]

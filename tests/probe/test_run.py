@@ -7,8 +7,8 @@ import json
 
 import pytest
 import torch
-from conftest import QUERIES
 
+from conftest import QUERIES
 from forgetlab.models.tiny import save_model
 from forgetlab.probe.run import benchmark_probe_set, run_probe
 
@@ -68,3 +68,19 @@ def test_run_probe_on_text_queries(tiny_llama, tmp_path):
     assert res["cka"] == pytest.approx([1.0] * len(res["layers"]))
     with pytest.raises(ValueError, match="exactly one probe source"):
         run_probe(tmp_path / "a", [tmp_path / "b"], tmp_path / "out", texts=tmp_path / "q.txt", data=tmp_path)
+
+
+def test_probe_command_options():
+    import typer
+    from typer.testing import CliRunner
+
+    from forgetlab.probe.run import probe_command
+
+    app = typer.Typer()
+    app.command("probe")(probe_command)
+    app.command("other")(lambda: None)  # two commands: "probe" is addressed by name, as in the CLI
+    result = CliRunner().invoke(app, ["probe", "--help"])
+    assert result.exit_code == 0
+    assert all(opt in result.output for opt in ("--reference", "--model", "--out", "--data", "--texts"))
+    bad = CliRunner().invoke(app, ["probe", "--reference", "r", "--model", "m", "--out", "o"])
+    assert bad.exit_code == 2  # neither --data nor --texts: a clean error, no traceback

@@ -296,10 +296,6 @@ class Features:
     n_examples: int
     meta: dict[str, str] = field(default_factory=dict)
 
-    def stream(self, layer: str) -> str:
-        """``language``, ``vision`` or ``projector``."""
-        return layer.split(".", 1)[0]
-
     def matrix(self, layer: str, rows: Sequence[int] | None = None) -> torch.Tensor:
         """Rows of ``layer`` for the probe-set indices ``rows`` (all rows when None), in the
         order given; indices the layer has no row for (no image) are skipped."""
@@ -475,6 +471,12 @@ class _Recorder:
     def _pool(self, site: LayerSite, state: torch.Tensor) -> torch.Tensor:
         if site.stream == "language":
             w = self.weights.to(state.device)
+            if state.dim() != 3 or state.shape[:2] != w.shape[1:]:
+                raise ValueError(
+                    f"layer {site.name}: state of shape {tuple(state.shape)} does not match the batch "
+                    f"{tuple(w.shape[1:])}; the model changes the sequence length (image tokens expanded "
+                    "inside the model?), so positions cannot be mapped to the attention mask"
+                )
             return torch.einsum("pbt,btd->pbd", w, state.float()).cpu()
         if state.dim() == 3:  # [images, tokens, d]
             if site.stream == "vision" and self.has_cls:

@@ -133,4 +133,6 @@ def example_cards(cards: Sequence[ExampleCard]) -> str:
 
 
 def figure(png: bytes, caption: str) -> str:
-    return f"<figure><img alt='{esc(caption)}' src='{png_data_uri(png)}'><figcaption>{esc(caption)}</figcaption></figure>"
+    return (
+        f"<figure><img alt='{esc(caption)}' src='{png_data_uri(png)}'><figcaption>{esc(caption)}</figcaption></figure>"
+    )

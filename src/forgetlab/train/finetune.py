@@ -27,6 +27,7 @@ from forgetlab.data.mllmu import available_splits, load_split, load_training
 from forgetlab.data.schema import Sample
 from forgetlab.io import atomic_dir, write_json
 from forgetlab.models.groups import module_groups
+from forgetlab.train.vision_pretrain import pretrain_vision
 from forgetlab.models.tiny import Arch, build_tiny_model, save_model
 
 
@@ -42,6 +43,8 @@ class FinetuneConfig(BaseModel):
     batch_size: int = 32
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
+    vision_pretrain_steps: int = Field(600, ge=0, description="steps of vision pre-training on generated images")
+    vision_pretrain_lr: float = Field(1e-3, gt=0)
     perception_epochs: int = Field(3, description="epochs on perception data only, before everything")
     epochs: int = Field(20, description="epochs over all training data")
     mcq_fraction: float = Field(0.25, ge=0, le=1, description="share of keys also shown as an MCQ each epoch")
@@ -161,12 +164,14 @@ def finetune(
     config: FinetuneConfig | None = None,
     progress: Callable[[str, int, int], None] | None = None,
     verbose: bool = False,
+    on_epoch_end: Callable[[str, int, torch.nn.Module], dict | None] | None = None,
 ) -> dict:
     """Train a tiny model on ``data``'s ``ft_Data`` and save it (atomically) to ``out``.
 
     Returns the training summary (also written to ``out/finetune.json``).
     """
     config = config or FinetuneConfig()
+    t_start = time.time()
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
     samples = load_training(data, "ft_Data")
@@ -175,6 +180,13 @@ def finetune(
     model, processor = build_tiny_model(config.arch, benchmark_texts(data), config.image_size, config.seed)
     pad_id = processor.tokenizer.pad_token_id
     sampler = EpochSampler(processor, samples, config, rng)
+    vision_summary = None
+    if config.vision_pretrain_steps:
+        vision_summary = pretrain_vision(
+            model, processor, steps=config.vision_pretrain_steps, lr=config.vision_pretrain_lr, seed=config.seed
+        )
+        if verbose:
+            print("vision pre-training", vision_summary, flush=True)
 
     stages = [("perception", config.perception_epochs), ("all", config.epochs)]
     n_steps = sum(e * math.ceil(sampler.n_keys(st) / config.batch_size) for st, e in stages)
@@ -232,11 +244,19 @@ def finetune(
                     "seconds": round(time.time() - t0, 1),
                 }
             )
+            if on_epoch_end is not None:
+                model.eval()
+                log[-1] |= on_epoch_end(stage, epoch, model) or {}
+                model.train()
+            if verbose:
+                print(log[-1], flush=True)
     summary = {
         "config": config.model_dump(),
         "data": str(data),
         "n_train_pairs": len(samples),
         "examples_seen": seen,
+        "vision_pretrain": vision_summary,
+        "total_seconds": round(time.time() - t_start, 1),
         "steps": step,
         "seconds": round(time.time() - t0, 1),
         "log": log,

@@ -78,7 +78,7 @@ class UnlearnConfig(BaseModel):
         if self.pairing == "joint" and (self.retain_weight or 0) > 0 and method.config.retain_loss == "none":
             raise ValueError(
                 f"retain_weight={self.retain_weight} has no effect: method {self.method!r} has "
-                "retain_loss='none'; set method_args retain_loss, pick a method with a retain "
+                "retain_loss='none'; set retain_loss (e.g. --set retain_loss=nll), pick a method with a retain "
                 "term (e.g. ga_diff), or use pairing='interleave'"
             )
         return self

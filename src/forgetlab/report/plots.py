@@ -1,0 +1,64 @@
+"""Matplotlib figures for the report, returned as PNG bytes (Agg backend, no display)."""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def tradeoff_plot(runs: dict[str, dict], original: dict | None = None) -> bytes:
+    """Forget VQA accuracy (x) vs forget QA and retain VQA accuracy (y): one curve per method.
+
+    Good unlearning sits at the top-left: visual pattern forgotten, text knowledge and general
+    perception kept. Points along a curve are the method's learning rates.
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), sharex=True)
+    methods = sorted({r["method"] for r in runs.values()})
+    cmap = plt.get_cmap("tab10")
+    for ax, key, title in zip(
+        axes,
+        ("forget_qa_acc", "retain_vqa_acc"),
+        ("Forget QA (text knowledge of the forgotten)", "Retain VQA (other people's images)"),
+        strict=True,
+    ):
+        for i, m in enumerate(methods):
+            pts = sorted(
+                (r["forget_vqa_acc"], r[key], r["lr"])
+                for r in runs.values()
+                if r["method"] == m and r.get("forget_vqa_acc") is not None and r.get(key) is not None
+            )
+            if not pts:
+                continue
+            xs, ys, _ = zip(*pts, strict=True)
+            style = dict(lw=2.5, marker="o", ms=7) if m == "mmunlearner" else dict(lw=1.3, marker=".", ms=7)
+            ax.plot(xs, ys, color=cmap(i % 10), label=m, **style)
+        if original is not None:
+            ax.scatter(
+                [original["forget_vqa_acc"]],
+                [original[key]],
+                marker="*",
+                s=180,
+                color="black",
+                label="original",
+                zorder=5,
+            )
+        ax.axvline(0.25, color="gray", ls=":", lw=1)
+        ax.set_xlabel("Forget VQA accuracy (lower = forgotten; chance 0.25)")
+        ax.set_ylabel(title.split(" (")[0] + " accuracy")
+        ax.set_title(title, fontsize=10)
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8, loc="lower right")
+    fig.suptitle("Unlearning trade-off on forget_10 (each point: one learning rate)")
+    return _png(fig)

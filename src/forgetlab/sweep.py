@@ -1,0 +1,110 @@
+"""The demo's method sweep: every method x a small learning-rate grid, evaluated, one row each.
+
+The sweep is data (:data:`DEMO_SWEEP`): a method name, the learning rates to try and the
+config overrides that define the setting. All runs unlearn ``forget_<r>``'s VQA with the
+reference's full-sequence label span (see ``data/collate.py``), so methods differ only by
+their loss (and MMUnlearner by its mask).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from forgetlab.eval.runner import EvalConfig, evaluate
+from forgetlab.models.load import load
+from forgetlab.train.unlearn import UnlearnConfig, unlearn
+
+
+@dataclass(frozen=True)
+class MethodSweep:
+    """One method's sweep: learning rates and fixed ``UnlearnConfig`` overrides."""
+
+    method: str
+    lrs: tuple[float, ...]
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+#: shared by every run of the demo sweep
+COMMON: dict[str, Any] = {"epochs": 1, "batch_size": 8, "span": "full", "forget_modality": "vqa", "seed": 0}
+
+DEMO_SWEEP: tuple[MethodSweep, ...] = (
+    MethodSweep("ga", (3e-5, 1e-4)),
+    MethodSweep("ga_diff", (3e-5, 1e-4)),
+    MethodSweep("kl_min", (3e-5, 1e-4)),
+    MethodSweep("npo", (1e-4, 3e-4)),
+    MethodSweep("simnpo", (1e-4, 3e-4)),
+    MethodSweep("rlabel", (1e-4, 3e-4)),
+    MethodSweep("rmu", (1e-4, 3e-4), {"method_args": {"layer": 2}}),
+    MethodSweep("salun", (1e-4, 3e-4)),
+    MethodSweep(
+        "mmunlearner",
+        (1e-4, 3e-4),
+        {"pairing": "interleave", "retain_weight": 1.0, "method_args": {"groups": "both"}},
+    ),
+)
+
+
+def run_name(sweep: MethodSweep, lr: float) -> str:
+    return f"{sweep.method}@{lr:g}"
+
+
+def choose(rows: dict[str, dict], target_forget_vqa: float = 0.40) -> str:
+    """A method's chosen run: among runs with forget VQA <= target, the one keeping most
+    (forget QA + retain VQA + retain QA); if none reaches the target, the lowest forget VQA."""
+
+    def kept(m: dict) -> float:
+        return sum(m.get(k) or 0.0 for k in ("forget_qa_acc", "retain_vqa_acc", "retain_qa_acc"))
+
+    hits = {k: m for k, m in rows.items() if (m.get("forget_vqa_acc") or 1.0) <= target_forget_vqa}
+    if hits:
+        return max(hits, key=lambda k: kept(hits[k]))
+    return min(rows, key=lambda k: rows[k].get("forget_vqa_acc") or 1.0)
+
+
+def run_sweep(
+    original: Path,
+    data: Path,
+    models_dir: Path,
+    forget_ratio: int,
+    sweep: tuple[MethodSweep, ...] = DEMO_SWEEP,
+    eval_sets: dict | None = None,
+    on_run: Callable[[str], None] | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict[str, dict]:
+    """Unlearn + evaluate every (method, lr); returns ``{run name: metrics + method/lr/chosen}``.
+
+    Each model is saved under ``models_dir/<method>@<lr>``; a run whose folder already holds
+    an ``unlearn.json`` and ``metrics.json`` is reused (resumable).
+    """
+    import json
+
+    from forgetlab.io import write_json
+
+    results: dict[str, dict] = {}
+    for sw in sweep:
+        per_method: dict[str, dict] = {}
+        for lr in sw.lrs:
+            name = run_name(sw, lr)
+            out = models_dir / name
+            cached = out / "eval.json"
+            if cached.exists() and (out / "unlearn.json").exists():
+                per_method[name] = json.loads(cached.read_text())
+                continue
+            if on_run:
+                on_run(name)
+            cfg = UnlearnConfig(method=sw.method, lr=lr, forget_ratio=forget_ratio, **(COMMON | sw.overrides))
+            info = unlearn(original, data, out, cfg, progress=progress)
+            model, processor = load(out)
+            metrics = evaluate(
+                model, processor, data, EvalConfig(forget_ratio=forget_ratio, generation=False), eval_sets=eval_sets
+            ).metrics
+            metrics |= {"method": sw.method, "lr": lr, "train_seconds": info["timings"].get("train_s")}
+            write_json(cached, metrics)
+            per_method[name] = metrics
+        best = choose(per_method)
+        for name, m in per_method.items():
+            results[name] = m | {"chosen": name == best}
+    return results

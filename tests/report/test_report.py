@@ -1,0 +1,47 @@
+"""The HTML report is self-contained and inert: data-derived strings are escaped."""
+
+from __future__ import annotations
+
+from PIL import Image
+
+from forgetlab.report.html import ExampleCard, Report, example_cards, metrics_table
+from forgetlab.report.plots import tradeoff_plot
+from forgetlab.sweep import choose
+
+EVIL = '<script>alert(1)</script>"><img src=x onerror=alert(2)>'
+
+
+def test_report_escapes_names_and_answers(tmp_path):
+    card = ExampleCard(title=EVIL, image=Image.new("RGB", (8, 8)), lines=[(EVIL, EVIL, True)])
+    report = Report("t", EVIL)
+    report.add(EVIL, metrics_table({EVIL: {"forget_vqa_acc": 0.5}}) + example_cards([card]))
+    report.write(tmp_path / "r.html")
+    page = (tmp_path / "r.html").read_text()
+    assert "<script>" not in page and "<img src=x" not in page  # only escaped text, no live tags
+    assert "&lt;script&gt;" in page and "&lt;img src=x onerror=alert(2)&gt;" in page
+    assert "http://" not in page and "https://" not in page  # no external requests
+    assert page.count("data:image/png;base64,") == 1
+
+
+def test_metrics_table_marks_undefined_values():
+    html = metrics_table({"m": {"forget_vqa_acc": None, "forget_qa_acc": 0.25}, "o": {"forget_vqa_acc": 0.9}})
+    assert "n/a" in html and "0.250" in html
+
+
+def test_choose_prefers_forgetting_then_kept_knowledge():
+    rows = {
+        "a": {"forget_vqa_acc": 0.30, "forget_qa_acc": 0.5, "retain_vqa_acc": 0.5, "retain_qa_acc": 0.5},
+        "b": {"forget_vqa_acc": 0.35, "forget_qa_acc": 0.9, "retain_vqa_acc": 0.9, "retain_qa_acc": 0.9},
+        "c": {"forget_vqa_acc": 0.80, "forget_qa_acc": 1.0, "retain_vqa_acc": 1.0, "retain_qa_acc": 1.0},
+    }
+    assert choose(rows) == "b"
+    assert choose({"c": rows["c"], "d": {"forget_vqa_acc": 0.6}}) == "d"  # none forgets: lowest forget VQA
+
+
+def test_tradeoff_plot_is_a_png():
+    runs = {
+        f"{m}@{lr}": {"method": m, "lr": lr, "forget_vqa_acc": v, "forget_qa_acc": q, "retain_vqa_acc": r}
+        for m, lr, v, q, r in [("ga", 1e-4, 0.3, 0.5, 0.4), ("ga", 3e-5, 0.6, 0.8, 0.7), ("mmunlearner", 1e-4, 0.3, 0.9, 0.8)]
+    }
+    png = tradeoff_plot(runs, {"forget_vqa_acc": 0.95, "forget_qa_acc": 0.95, "retain_vqa_acc": 0.95})
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
