@@ -160,3 +160,8 @@ app.command("mask")(mask_command)
 from forgetlab.probe.run import probe_command  # noqa: E402
 
 app.command("probe")(probe_command)
+from forgetlab.verify.continual import continual_command  # noqa: E402
+from forgetlab.verify.relearn import relearn_command  # noqa: E402
+
+app.command("relearn")(relearn_command)
+app.command("continual")(continual_command)

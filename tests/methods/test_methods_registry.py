@@ -13,7 +13,9 @@ F = make_batch(1)
 
 
 def test_all_methods_registered() -> None:
-    assert METHODS.names() == ["ga", "ga_diff", "kl_min", "mmunlearner", "npo", "rlabel", "rmu", "salun", "simnpo"]
+    assert METHODS.names() == [
+        "ga", "ga_diff", "kl_min", "mmunlearner", "npo", "relearn", "rlabel", "rmu", "salun", "simnpo"
+    ]  # fmt: skip
     assert all(issubclass(METHODS.get(n), UnlearnMethod) for n in METHODS.names())
 
 

@@ -3,7 +3,7 @@
 Importing this package registers every method module below.
 """
 
-from forgetlab.methods import ga, ga_diff, kl_min, mmunlearner, npo, rlabel, rmu, salun, simnpo  # noqa: F401
+from forgetlab.methods import ga, ga_diff, kl_min, mmunlearner, npo, relearn, rlabel, rmu, salun, simnpo  # noqa: F401
 from forgetlab.methods.base import METHODS, LossOutput, MethodConfig, UnlearnMethod, build_method
 from forgetlab.methods.salun import saliency_mask
 

@@ -43,7 +43,7 @@ class FinetuneConfig(BaseModel):
     batch_size: int = 32
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    vision_pretrain_steps: int = Field(600, ge=0, description="steps of vision pre-training on generated images")
+    vision_pretrain_steps: int = Field(800, ge=0, description="steps of vision pre-training on generated images")
     vision_pretrain_lr: float = Field(1e-3, gt=0)
     perception_epochs: int = Field(3, description="epochs on perception data only, before everything")
     epochs: int = Field(20, description="epochs over all training data")

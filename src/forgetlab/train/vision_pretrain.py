@@ -56,12 +56,15 @@ def _shape_pool(rng: np.random.Generator, n: int) -> tuple[list, dict[str, torch
 
 
 def _image_tokens(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean of each image's projected tokens, ``[n_images, hidden]`` (LLaVA and Qwen2-VL)."""
+    """Each image's projected tokens, flattened: ``[n_images, tokens * hidden]`` (LLaVA, Qwen2-VL).
+
+    Flattening (not mean pooling) keeps *where* things are, which hair style vs hat needs.
+    """
     out = model.model.get_image_features(**inputs)
     feats = out.pooler_output if hasattr(out, "pooler_output") else out
     if isinstance(feats, (tuple, list)):
-        return torch.stack([f.float().mean(0) for f in feats])
-    return feats.float().mean(1)
+        return torch.stack([f.float().flatten() for f in feats])
+    return feats.float().flatten(1)
 
 
 def pretrain_vision(
@@ -84,7 +87,8 @@ def pretrain_vision(
     t0 = time.time()
     pools = {"face": _face_pool(rng, pool_size), "shape": _shape_pool(rng, pool_size)}
     pixels = {k: processor.image_processor(images=v[0], return_tensors="pt") for k, v in pools.items()}
-    hidden = model.config.text_config.hidden_size
+    with torch.no_grad():
+        hidden = _image_tokens(model, _select(pixels["face"], torch.arange(1))).shape[-1]
     heads = nn.ModuleDict({name: nn.Linear(hidden, n) for name, n in (FACE_HEADS | SHAPE_HEADS).items()})
     vision_params = [p for n, p in model.named_parameters() if not n.startswith(("model.language_model", "lm_head"))]
     optimizer = torch.optim.AdamW([*vision_params, *heads.parameters()], lr=lr)

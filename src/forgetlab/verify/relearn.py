@@ -1,0 +1,402 @@
+"""The relearning attack (SPEC §6): does a little fine-tuning bring the forgotten knowledge back?
+
+The forgotten people (``forget_<r>``) are split, seeded, into two halves: the *relearned*
+people and the *held-out* people. The unlearned model is fine-tuned (the registered ``relearn``
+method — plain NLL descent — through the one unlearning loop) on
+
+* ``source="forget"``: the training pairs of the relearned people (default: half of them);
+* ``source="retain"``: as many training pairs drawn from the retain people;
+* ``source="unrelated"``: as many pairs of unrelated training data (``ft_Data`` rows whose IDs
+  are neither benchmark people nor celebrities: the embedded benchmark's perception and world
+  items),
+
+so the budget is matched to the data (``epochs`` passes, default one). Then MCQ accuracy is
+measured on each half separately (forget VQA / QA and Test_Set VQA restricted to the half's
+IDs) and on the retain split, for the original, unlearned and relearned models.
+
+Recovery per metric = (acc_relearned − acc_unlearned) / (acc_original − acc_unlearned), from
+:func:`recovery`; it is undefined (``None``) when unlearning removed less than
+:data:`MIN_FORGOTTEN` of accuracy. Recovery on the *held-out* people is the evidence that
+matters: relearning a few people should not restore others unless the knowledge was only
+hidden, not erased. The headline per half is the mean of its defined per-metric recoveries.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import statistics
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import torch
+import typer
+
+from forgetlab.data.mllmu import available_splits, load_training, split_ids
+from forgetlab.data.schema import FT_SPLIT, Sample, forget_split, retain_split
+from forgetlab.io import write_json
+
+#: below this drop of accuracy (original − unlearned) nothing was forgotten: recovery is undefined.
+MIN_FORGOTTEN = 0.05
+SOURCES: tuple[str, ...] = ("forget", "retain", "unrelated")
+MODALITIES: tuple[str, ...] = ("vqa", "qa", "both")
+#: the two halves of the forget people.
+HALVES: tuple[str, ...] = ("relearned_people", "held_out_people")
+#: accuracies measured on each half (``test`` = Test_Set, new images of the same people).
+FORGET_METRICS: tuple[str, ...] = ("forget_vqa_acc", "forget_qa_acc", "test_vqa_acc")
+RETAIN_METRICS: tuple[str, ...] = ("retain_vqa_acc", "retain_qa_acc")
+#: the evaluation sets the attack needs (see :mod:`forgetlab.eval.runner`).
+EVAL_SETS: tuple[str, ...] = ("forget", "test", "retain")
+
+Metrics = dict[str, Any]
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+def _finite(x: float | None) -> bool:
+    return x is not None and math.isfinite(x)
+
+
+def nothing_forgotten(gap: float) -> bool:
+    """True when an accuracy drop is below :data:`MIN_FORGOTTEN` (with float tolerance: 0.35 − 0.3 < 0.05)."""
+    return gap < MIN_FORGOTTEN - 1e-9
+
+
+def recovery(orig: float | None, unl: float | None, rel: float | None) -> float | None:
+    """(rel − unl) / (orig − unl), or ``None`` when undefined.
+
+    Undefined when any input is missing or not finite, or when ``orig − unl <`` :data:`MIN_FORGOTTEN`
+    (nothing was forgotten, so there is nothing to recover — and no division by ~0). Not clipped:
+    < 0 means relearning made it worse, > 1 that it overshot the original.
+    """
+    if not (_finite(orig) and _finite(unl) and _finite(rel)):
+        return None
+    gap = orig - unl  # type: ignore[operator]
+    if nothing_forgotten(gap):
+        return None
+    return (rel - unl) / gap  # type: ignore[operator]
+
+
+def split_people(ids: Sequence[str], fraction: float, seed: int) -> dict[str, list[str]]:
+    """Seeded split of ``ids`` into ``relearned_people`` (``round(fraction * n)``) and ``held_out_people``.
+
+    Both halves keep the order of ``ids``; both must be non-empty.
+    """
+    n = len(ids)
+    k = round(fraction * n)
+    if not 0 < fraction < 1 or not 1 <= k <= n - 1:
+        raise ValueError(
+            f"fraction={fraction} of {n} forget people gives {k} relearned and {n - k} held-out people; "
+            "both halves must be non-empty (0 < fraction < 1, and at least 2 forget people)"
+        )
+    chosen = set(np.random.default_rng([seed, 6]).permutation(n)[:k].tolist())
+    return {
+        "relearned_people": [p for i, p in enumerate(ids) if i in chosen],
+        "held_out_people": [p for i, p in enumerate(ids) if i not in chosen],
+    }
+
+
+def accuracy(
+    rows: Sequence[Mapping[str, Any]], set_name: str, modality: str, ids: set[str] | None = None
+) -> tuple[float | None, int]:
+    """(MCQ accuracy, count) of evaluation ``rows`` of one set and modality, restricted to ``ids``."""
+    hits = [
+        float(r["hit"])
+        for r in rows
+        if r["set"] == set_name
+        and r["modality"] == modality
+        and r["task"] == "classification"
+        and (ids is None or r["id"] in ids)
+    ]
+    return (statistics.fmean(hits) if hits else None), len(hits)
+
+
+def subset_metrics(rows: Sequence[Mapping[str, Any]], ids: Sequence[str]) -> Metrics:
+    """:data:`FORGET_METRICS` (and their counts ``*_n``) over the evaluation rows of the people ``ids``."""
+    wanted = set(ids)
+    out: Metrics = {}
+    for name in FORGET_METRICS:
+        set_name, modality, _ = name.split("_")
+        out[name], out[name.removesuffix("_acc") + "_n"] = accuracy(rows, set_name, modality, wanted)
+    return out
+
+
+def recoveries(original: Mapping[str, Any], unlearned: Mapping[str, Any], relearned: Mapping[str, Any]) -> dict:
+    """Per-half and retain recovery of each metric, and the per-half headline (mean of the defined ones)."""
+    out: dict[str, Any] = {}
+    for part, names in [*((h, FORGET_METRICS) for h in HALVES), ("retain", RETAIN_METRICS)]:
+        out[part] = {m: recovery(original[part].get(m), unlearned[part].get(m), relearned[part].get(m)) for m in names}
+    defined = {h: [v for v in out[h].values() if v is not None] for h in HALVES}
+    out["headline"] = {h: (statistics.fmean(v) if v else None) for h, v in defined.items()}
+    return out
+
+
+def forgotten(original: Mapping[str, Any], unlearned: Mapping[str, Any]) -> dict[str, dict[str, float | None]]:
+    """Accuracy removed by unlearning (original − unlearned) per half and metric (None if undefined)."""
+
+    def drop(o: float | None, u: float | None) -> float | None:
+        return o - u if _finite(o) and _finite(u) else None  # type: ignore[operator]
+
+    return {h: {m: drop(original[h].get(m), unlearned[h].get(m)) for m in FORGET_METRICS} for h in HALVES}
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _modality_ok(sample: Sample, modality: str) -> bool:
+    return modality == "both" or sample.modality == modality
+
+
+def unrelated_training(data: Path) -> list[Sample]:
+    """``ft_Data`` rows whose IDs are neither benchmark people (Full_Set) nor celebrities (Retain_Set)."""
+    splits = set(available_splits(data))
+    people = set(split_ids(data, "Full_Set"))
+    if "Retain_Set" in splits:
+        people |= set(split_ids(data, "Retain_Set"))
+    return [s for s in load_training(data, FT_SPLIT) if s.person_id not in people]
+
+
+def relearn_samples(
+    data: Path, forget_ratio: int, people: Sequence[str], *, source: str, modality: str, seed: int
+) -> list[Sample]:
+    """The relearning set: the training pairs of ``people``, or as many pairs of retain / unrelated data.
+
+    A pool smaller than the budget is cycled (each pass in a new seeded order), so the number of
+    examples — and with it the step budget — stays matched to the forget data.
+    """
+    if source not in SOURCES:
+        raise ValueError(f"unknown source {source!r}; choose one of {list(SOURCES)}")
+    wanted = set(people)
+    pairs = load_training(data, forget_split(forget_ratio))
+    forget = [s for s in pairs if s.person_id in wanted and _modality_ok(s, modality)]
+    if not forget:
+        raise ValueError(f"the relearned people {sorted(wanted)} have no {modality!r} training samples")
+    if source == "forget":
+        return forget
+    pool_all = load_training(data, retain_split(forget_ratio)) if source == "retain" else unrelated_training(data)
+    pool = [s for s in pool_all if _modality_ok(s, modality)]
+    if not pool:
+        raise ValueError(
+            f"source={source!r}: no {modality!r} training samples in {data} "
+            + ("(the retain split)" if source == "retain" else "(ft_Data rows outside Full_Set and Retain_Set)")
+        )
+    rng = np.random.default_rng([seed, 7])
+    order: list[int] = []
+    while len(order) < len(forget):
+        order.extend(rng.permutation(len(pool)).tolist())
+    return [pool[i] for i in order[: len(forget)]]
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def evaluate_halves(
+    model: torch.nn.Module,
+    processor: Any,
+    data: Path,
+    forget_ratio: int,
+    people: Mapping[str, Sequence[str]],
+    eval_sets: Mapping[str, list[Sample]] | None = None,
+) -> Metrics:
+    """MCQ accuracies of one model: :data:`FORGET_METRICS` per half, :data:`RETAIN_METRICS` on retain.
+
+    Returns ``{"people": people, "relearned_people": {...}, "held_out_people": {...}, "retain": {...}}``;
+    pass it back to :func:`relearn` as ``original_metrics`` / ``unlearned_metrics`` to skip an evaluation.
+    """
+    from forgetlab.eval.runner import EvalConfig, evaluate, load_eval_sets
+
+    sets = dict(eval_sets) if eval_sets is not None else load_eval_sets(Path(data), forget_ratio, EVAL_SETS)
+    result = evaluate(model, processor, data, EvalConfig(forget_ratio=forget_ratio, generation=False), eval_sets=sets)
+    out: Metrics = {"people": {h: list(people[h]) for h in HALVES}}
+    for half in HALVES:
+        out[half] = subset_metrics(result.rows, people[half])
+    out["retain"] = {k: result.metrics.get(k) for k in RETAIN_METRICS} | {
+        k.removesuffix("_acc") + "_n": result.metrics.get(k.removesuffix("_acc") + "_n") for k in RETAIN_METRICS
+    }
+    return out
+
+
+def _check_metrics(metrics: Mapping[str, Any], people: Mapping[str, list[str]], what: str) -> None:
+    """Precomputed metrics must be on the same halves (same fraction and seed)."""
+    missing = [k for k in (*HALVES, "retain", "people") if k not in metrics]
+    if missing:
+        raise ValueError(f"{what} lacks {missing}; compute it with forgetlab.verify.relearn.evaluate_halves")
+    if {h: list(metrics["people"][h]) for h in HALVES} != people:
+        raise ValueError(f"{what} was computed on other halves of the forget people (different fraction or seed)")
+
+
+def _evaluate_path(
+    path: Path, data: Path, forget_ratio: int, people: Mapping[str, Sequence[str]], sets: dict
+) -> Metrics:
+    from forgetlab.models.load import load
+
+    model, processor = load(path)
+    model.to("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return evaluate_halves(model, processor, data, forget_ratio, people, sets)
+    finally:
+        del model
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+# --------------------------------------------------------------------------- the attack
+
+
+def relearn(
+    unlearned: Path,
+    data: Path,
+    forget_ratio: int,
+    out: Path,
+    *,
+    original: Path | None = None,
+    original_metrics: Metrics | None = None,
+    unlearned_metrics: Metrics | None = None,
+    fraction: float = 0.5,
+    source: str = "forget",
+    lr: float = 1e-4,
+    epochs: int = 1,
+    seed: int = 0,
+    modality: str = "vqa",
+    batch_size: int = 8,
+    save_model: bool = False,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Relearn from the unlearned model, evaluate both halves, write ``out/relearn.json`` (atomically).
+
+    Args:
+        unlearned: the unlearned model folder (the attack's starting point).
+        data: benchmark folder (MLLMU-Bench layout).
+        forget_ratio: the forget split (5, 10 or 15) that was unlearned.
+        out: output folder: ``relearn.json`` (and ``model/`` with ``save_model``).
+        original: the model before unlearning; evaluated unless ``original_metrics`` is given.
+        original_metrics, unlearned_metrics: results of :func:`evaluate_halves` on the same halves,
+            to skip those evaluations.
+        fraction: share of the forget people that are relearned (the rest are held out).
+        source: relearning data: ``forget`` (the relearned people), ``retain`` or ``unrelated``.
+        lr, epochs, seed, batch_size: of the relearning run (AdamW, constant LR, clip 1.0).
+        modality: training samples used: ``vqa``, ``qa`` or ``both``.
+        save_model: also save the relearned model to ``out/model``.
+        progress: ``(stage, done, total)`` callback of the training loop.
+
+    Returns:
+        The summary written to ``relearn.json``: config, people, training info, ``metrics``
+        (original / unlearned / relearned, each per half and retain), ``forgotten`` and ``recovery``.
+    """
+    from forgetlab.eval.runner import load_eval_sets
+    from forgetlab.models.load import load
+    from forgetlab.train.unlearn import UnlearnConfig, UnlearnRecipe, check_output_dir
+
+    unlearned, data, out = Path(unlearned), Path(data), Path(out)
+    if modality not in MODALITIES:
+        raise ValueError(f"unknown modality {modality!r}; choose one of {list(MODALITIES)}")
+    if source not in SOURCES:
+        raise ValueError(f"unknown source {source!r}; choose one of {list(SOURCES)}")
+    if original is None and original_metrics is None:
+        raise ValueError("give the original model (original=PATH) or its metrics (original_metrics=...)")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output {out} exists and is not a folder")
+    if save_model:
+        check_output_dir(out / "model")  # before training, not after
+    config = UnlearnConfig(
+        method="relearn", forget_ratio=forget_ratio, lr=lr, epochs=epochs, seed=seed, batch_size=batch_size,
+        forget_modality=modality,  # type: ignore[arg-type]
+    )  # fmt: skip
+    people = split_people(split_ids(data, forget_split(forget_ratio)), fraction, seed)
+    train = relearn_samples(data, forget_ratio, people["relearned_people"], source=source, modality=modality, seed=seed)
+    sets = load_eval_sets(data, forget_ratio, EVAL_SETS)
+
+    if original_metrics is not None:
+        _check_metrics(original_metrics, people, "original_metrics")
+    else:
+        original_metrics = _evaluate_path(original, data, forget_ratio, people, sets)  # type: ignore[arg-type]
+    if unlearned_metrics is not None:
+        _check_metrics(unlearned_metrics, people, "unlearned_metrics")
+    elif original is not None and Path(original).resolve() == unlearned.resolve():
+        unlearned_metrics = original_metrics  # the same folder: one evaluation
+
+    model, processor = load(unlearned)
+    if unlearned_metrics is None:
+        model.to("cuda" if torch.cuda.is_available() else "cpu")
+        unlearned_metrics = evaluate_halves(model, processor, data, forget_ratio, people, sets)
+    recipe = UnlearnRecipe(config)
+    recipe.setup(model, processor, train, [])
+    recipe.train(progress)
+    trained = recipe.accelerator.unwrap_model(recipe.model)
+    relearned_metrics = evaluate_halves(trained, processor, data, forget_ratio, people, sets)
+
+    metrics = {"original": original_metrics, "unlearned": unlearned_metrics, "relearned": relearned_metrics}
+    summary: dict[str, Any] = {
+        "unlearned_model": str(unlearned),
+        "original_model": None if original is None else str(original),
+        "data": str(data),
+        "config": {
+            "forget_ratio": forget_ratio, "fraction": fraction, "source": source, "lr": lr, "epochs": epochs,
+            "seed": seed, "modality": modality, "batch_size": batch_size, "min_forgotten": MIN_FORGOTTEN,
+        },
+        "people": people,
+        "train": {
+            "n_examples": len(train),
+            "steps": len(recipe.steps),
+            "first_nll": recipe.log[0].get("forget_nll") if recipe.log else None,
+            "last_nll": recipe.log[-1].get("forget_nll") if recipe.log else None,
+            "seconds": recipe.timings.get("train_s"),
+        },
+        "metrics": {k: {p: v for p, v in m.items() if p != "people"} for k, m in metrics.items()},
+        "forgotten": forgotten(original_metrics, unlearned_metrics),
+        "recovery": recoveries(original_metrics, unlearned_metrics, relearned_metrics),
+    }  # fmt: skip
+    if save_model:
+        recipe.save(out / "model", model=str(unlearned), data=str(data), relearn=summary["config"])
+    write_json(out / "relearn.json", summary)
+    return summary
+
+
+# --------------------------------------------------------------------------- command
+
+
+def relearn_command(
+    model: Annotated[Path, typer.Option(help="unlearned model folder (the attack's starting point)")],
+    original: Annotated[Path, typer.Option(help="model folder before unlearning")],
+    data: Annotated[Path, typer.Option(help="benchmark folder (MLLMU-Bench layout)")],
+    out: Annotated[Path, typer.Option(help="output folder for relearn.json")],
+    forget_ratio: Annotated[int, typer.Option(help="5, 10 or 15")] = 10,
+    fraction: Annotated[float, typer.Option(help="share of the forget people relearned; the rest are held out")] = 0.5,
+    source: Annotated[str, typer.Option(help="relearning data: forget, retain or unrelated")] = "forget",
+    lr: Annotated[float, typer.Option(help="learning rate")] = 1e-4,
+    epochs: Annotated[int, typer.Option(help="passes over the relearning data")] = 1,
+    seed: Annotated[int, typer.Option(help="seed of the halves, the data order and the run")] = 0,
+    modality: Annotated[str, typer.Option(help="training samples: vqa, qa or both")] = "vqa",
+    save_model: Annotated[bool, typer.Option(help="also save the relearned model to OUT/model")] = False,
+) -> None:
+    """Relearning attack: fine-tune on part of the forgotten people, measure recovery on the held-out rest."""
+    from forgetlab.train.commands import _clean_errors, _lazy_progress, _threads
+
+    _threads()
+    with _clean_errors(), _lazy_progress("relearn") as update:
+        summary = relearn(
+            model, data, forget_ratio, out, original=original, fraction=fraction, source=source, lr=lr,
+            epochs=epochs, seed=seed, modality=modality, save_model=save_model, progress=update,
+        )  # fmt: skip
+    _print_summary(summary)
+    typer.echo(f"wrote {out / 'relearn.json'}", err=True)
+
+
+def _print_summary(summary: Mapping[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"relearning ({summary['config']['source']}): accuracy and recovery")
+    for col in ("people", "metric", "original", "unlearned", "relearned", "recovery"):
+        table.add_column(col, justify="left" if col in ("people", "metric") else "right")
+    m, rec = summary["metrics"], summary["recovery"]
+    for part, names in [*((h, FORGET_METRICS) for h in HALVES), ("retain", RETAIN_METRICS)]:
+        for name in names:
+            cells = [m[k][part].get(name) for k in ("original", "unlearned", "relearned")] + [rec[part][name]]
+            label, metric = part.removesuffix("_people").replace("_", "-"), name.removesuffix("_acc")
+            table.add_row(label, metric, *("-" if v is None else f"{v:.2f}" for v in cells))
+    Console(stderr=True).print(table)

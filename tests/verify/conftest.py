@@ -1,0 +1,40 @@
+"""Session fixtures of the verification tests: a 20-person benchmark and a saved tiny LLaVA."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from forgetlab.data.mllmu import load_training
+from forgetlab.data.synth import write_benchmark
+from forgetlab.models.tiny import build_tiny_model, save_model
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def bench(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """20 people, one view each: forget_10 = 2 people; 2 perception images, the world facts."""
+    out = tmp_path_factory.mktemp("verify") / "data"
+    return write_benchmark(
+        out, people=20, celebrities=4, train_views=1, test_views=1, perception_train=2, perception_test=2
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory, bench: Path) -> Path:
+    """A freshly initialised tiny LLaVA (16-px images), saved; read-only for the tests."""
+    texts = [t for s in load_training(bench, "ft_Data") for t in (s.question, s.answer)]
+    model, processor = build_tiny_model("llava", texts, image_size=16, seed=0)
+    path = tmp_path_factory.mktemp("verify_model") / "tiny"
+    save_model(model, processor, path)
+    return path
