@@ -35,13 +35,14 @@ DEMO_SWEEP: tuple[MethodSweep, ...] = (
     MethodSweep("ga_diff", (3e-5, 1e-4)),
     MethodSweep("kl_min", (3e-5, 1e-4)),
     MethodSweep("npo", (1e-4, 3e-4)),
-    MethodSweep("simnpo", (1e-4, 3e-4)),
+    # SimNPO's beta=4.5 saturates the sigmoid (gradient ~ 2*sigmoid(-beta*NLL)): it needs larger steps
+    MethodSweep("simnpo", (1e-3, 3e-3)),
     MethodSweep("rlabel", (1e-4, 3e-4)),
-    MethodSweep("rmu", (1e-4, 3e-4), {"method_args": {"layer": 2}}),
+    MethodSweep("rmu", (1e-3, 3e-3), {"method_args": {"layer": 2}}),
     MethodSweep("salun", (1e-4, 3e-4)),
     MethodSweep(
         "mmunlearner",
-        (1e-4, 3e-4),
+        (5e-5, 1e-4, 3e-4),
         {"pairing": "interleave", "retain_weight": 1.0, "method_args": {"groups": "both"}},
     ),
 )

@@ -37,18 +37,19 @@ class FinetuneConfig(BaseModel):
     arch: Arch = "llava"
     image_size: int = Field(32, description="input image side in pixels")
     seed: int = 0
-    lr: float = Field(1e-3, gt=0, description="peak AdamW learning rate of the language model")
+    lr: float = Field(3e-4, gt=0, description="peak AdamW LR of the language model (1e-3 fails to learn)")
     vision_lr: float = Field(3e-4, gt=0, description="peak LR of vision tower + projector; >=1e-3 kills them")
     warmup_steps: int = 100
-    batch_size: int = 32
+    batch_size: int = 16
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     vision_pretrain_steps: int = Field(800, ge=0, description="steps of vision pre-training on generated images")
     vision_pretrain_lr: float = Field(1e-3, gt=0)
-    perception_epochs: int = Field(3, description="epochs on perception data only, before everything")
-    epochs: int = Field(20, description="epochs over all training data")
-    mcq_fraction: float = Field(0.25, ge=0, le=1, description="share of keys also shown as an MCQ each epoch")
-    perception_share: float = Field(0.25, ge=0, le=1, description="share of perception keys per epoch after stage 1")
+    perception_epochs: int = Field(1, description="epochs on perception data only, before everything")
+    epochs: int = Field(14, description="epochs over all training data")
+    mcq_fraction: float = Field(0.15, ge=0, le=1, description="share of keys also shown as an MCQ each epoch")
+    views_per_epoch: int = Field(2, ge=1, description="image views of each person shown per question per epoch")
+    perception_share: float = Field(0.15, ge=0, le=1, description="share of perception keys per epoch after stage 1")
 
 
 def _template(question: str) -> str:
@@ -140,8 +141,9 @@ class EpochSampler:
                 continue
             if stage == "all" and perception and self.rng.random() >= self.config.perception_share:
                 continue
-            sample = self.rng.choice(variants)
-            out.append(self._encode(sample, mcq=False))
+            k = min(len(variants), self.config.views_per_epoch)
+            for sample in self.rng.sample(variants, k):
+                out.append(self._encode(sample, mcq=False))
             if stage == "all" and self.rng.random() < self.config.mcq_fraction:
                 e = self._encode(self.rng.choice(variants), mcq=True)
                 if e is not None:
@@ -154,7 +156,7 @@ class EpochSampler:
         perc = sum(1 for v in self.keys.values() if is_perception(v[0]))
         if stage == "perception":
             return perc
-        other = len(self.keys) - perc
+        other = sum(min(len(v), self.config.views_per_epoch) for v in self.keys.values() if not is_perception(v[0]))
         return round((other + perc * self.config.perception_share) * (1 + self.config.mcq_fraction))
 
 
