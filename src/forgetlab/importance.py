@@ -74,9 +74,7 @@ def fisher_importance(
             model.zero_grad(set_to_none=True)
             loss = loss_fn(model, batch)
             if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"non-finite loss while estimating importance (batch starting at {k})"
-                )
+                raise FloatingPointError(f"non-finite loss while estimating importance (batch starting at {k})")
             loss.backward()
             for n in params:
                 g = named[n].grad

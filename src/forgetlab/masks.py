@@ -51,9 +51,7 @@ def importance_ratio_mask(
     total = sum(f.numel() for f in i_forget.values())
     keep = max(1, int(round(top_k * total)))
     ratios = {
-        n: torch.where(
-            i_preserve[n] > 0, f / i_preserve[n].clamp_min(torch.finfo(torch.float32).tiny), torch.inf
-        )
+        n: torch.where(i_preserve[n] > 0, f / i_preserve[n].clamp_min(torch.finfo(torch.float32).tiny), torch.inf)
         for n, f in i_forget.items()
     }
     flat = torch.cat([torch.where(masks[n], r, -torch.inf).flatten() for n, r in ratios.items()])

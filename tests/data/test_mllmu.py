@@ -42,9 +42,7 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
-def png(
-    color: tuple[int, int, int] = (10, 200, 30), size: tuple[int, int] = (8, 8), mode: str = "RGB"
-) -> bytes:
+def png(color: tuple[int, int, int] = (10, 200, 30), size: tuple[int, int] = (8, 8), mode: str = "RGB") -> bytes:
     buf = io.BytesIO()
     Image.new(mode, size, color if mode == "RGB" else 0).save(buf, format="PNG")
     return buf.getvalue()
@@ -74,9 +72,7 @@ def profile_row(pid: str = "7", *, image: bytes | None = None, correct: str = "B
             "Image_Textual_Questions": [mcq("Where was the person in the image born?", correct)],
             "Pure_Text_Questions": [mcq("Where was Ann Lee born?")],
         },
-        "Generation_Task": [
-            {"Question": "Where was Ann Lee born?", "Ground_Truth": "rome", "Type": "Pure_Text"}
-        ],
+        "Generation_Task": [{"Question": "Where was Ann Lee born?", "Ground_Truth": "rome", "Type": "Pure_Text"}],
         "Mask_Task": [
             {
                 "Question": "The person in the image was born in ___.",
@@ -259,9 +255,7 @@ def test_missing_column_names_column_and_file(tmp_path: Path) -> None:
     row = profile_row()
     del row["Mask_Task"]
     write(tmp_path / "Full_Set", [row])
-    with pytest.raises(
-        DataError, match=r"'Full_Set': column 'Mask_Task' missing in .*train-00000-of-00001\.parquet"
-    ):
+    with pytest.raises(DataError, match=r"'Full_Set': column 'Mask_Task' missing in .*train-00000-of-00001\.parquet"):
         load_split(tmp_path, "Full_Set")
     assert len(load_split(tmp_path, "Full_Set", tasks=("classification",))) == 2
 

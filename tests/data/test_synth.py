@@ -27,9 +27,7 @@ from forgetlab.data.portraits import (
 )
 from forgetlab.data.synth import ATTRIBUTES, MARKER, SPLITS, write_benchmark
 
-SMALL = dict(
-    people=20, celebrities=5, seed=3, train_views=3, test_views=2, perception_train=8, perception_test=8
-)
+SMALL = dict(people=20, celebrities=5, seed=3, train_views=3, test_views=2, perception_train=8, perception_test=8)
 
 # The spec's types, written out independently of the generator's constants.
 IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
@@ -43,9 +41,7 @@ MCQ = pa.struct(
         ("Correct_Answer", pa.string()),
     ]
 )
-CLASSIFICATION = pa.struct(
-    [("Image_Textual_Questions", pa.list_(MCQ)), ("Pure_Text_Questions", pa.list_(MCQ))]
-)
+CLASSIFICATION = pa.struct([("Image_Textual_Questions", pa.list_(MCQ)), ("Pure_Text_Questions", pa.list_(MCQ))])
 OPEN = pa.list_(pa.struct([("Question", pa.string()), ("Ground_Truth", pa.string()), ("Type", pa.string())]))
 PROFILE = pa.schema(
     [
@@ -286,9 +282,7 @@ def test_default_size_counts_time_and_vocabulary(default: tuple[Path, float]) ->
         for row in rows(root, split):
             for mcq in all_mcqs(row):
                 letters[mcq["Correct_Answer"]] += 1
-                words.update(
-                    re.findall(r"[a-z]+", " ".join([mcq["Question"], *mcq["Options"].values()]).lower())
-                )
+                words.update(re.findall(r"[a-z]+", " ".join([mcq["Question"], *mcq["Options"].values()]).lower()))
             for item in row["Generation_Task"] + row["Mask_Task"]:
                 words.update(re.findall(r"[a-z]+", (item["Question"] + " " + item["Ground_Truth"]).lower()))
     for row in rows(root, "ft_Data"):

@@ -96,9 +96,7 @@ def tiny_llava(seed: int = 0) -> LlavaForConditionalGeneration:
     return LlavaForConditionalGeneration(config)
 
 
-def make_image_batch(
-    seed: int, batch_size: int = 2, text: int = 6, prompt: int = 2
-) -> dict[str, torch.Tensor]:
+def make_image_batch(seed: int, batch_size: int = 2, text: int = 6, prompt: int = 2) -> dict[str, torch.Tensor]:
     """``<bos> <image>×4 text…`` rows with random pixels; labels supervise text after ``prompt`` tokens."""
     g = torch.Generator().manual_seed(seed)
     words = torch.randint(1, IMAGE_TOKEN, (batch_size, text), generator=g)

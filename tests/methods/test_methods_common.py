@@ -40,9 +40,7 @@ def test_mean_nll_matches_manual_and_hf_loss() -> None:
     tokens = [lp for row in manual_token_logprobs(logits, batch) for lp in row]
     expected = -torch.stack(tokens).mean()
     assert mean_nll(model, batch).item() == pytest.approx(expected.item(), rel=1e-5)
-    hf = model(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
-    ).loss
+    hf = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
     assert mean_nll(model, batch).item() == pytest.approx(hf.item(), rel=1e-5)
 
 
@@ -53,9 +51,7 @@ def test_sequence_sums_and_means() -> None:
     sums, counts = sequence_logprob(model, batch)
     means, _ = per_sequence_mean_nll(model, batch)
     assert counts.tolist() == [len(r) for r in rows] == [5, 4]
-    torch.testing.assert_close(
-        sums.double(), torch.stack([torch.stack(r).sum() for r in rows]), rtol=1e-5, atol=1e-5
-    )
+    torch.testing.assert_close(sums.double(), torch.stack([torch.stack(r).sum() for r in rows]), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(
         means.double(), torch.stack([-torch.stack(r).mean() for r in rows]), rtol=1e-5, atol=1e-5
     )

@@ -80,9 +80,7 @@ def test_simnpo_paper_sign_convention() -> None:
     out = build_method("simnpo", beta=beta, delta=delta).compute_loss(model, {"forget": F})
     rows = manual_token_logprobs(logits_of(model, F), F)
     mean_logp = torch.stack([torch.stack(r).mean() for r in rows])  # (1/|y|) log π(y|x)
-    expected = (
-        -(2 / beta) * torch.log(torch.sigmoid(-beta * mean_logp - delta)).mean()
-    )  # arXiv 2410.07163 Eq. 4
+    expected = -(2 / beta) * torch.log(torch.sigmoid(-beta * mean_logp - delta)).mean()  # arXiv 2410.07163 Eq. 4
     assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
 

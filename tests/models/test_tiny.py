@@ -31,7 +31,9 @@ def test_forward_backward_and_round_trip(arch, bench_texts, train_samples, tmp_p
     labels = batch.pop("labels")
     out = model(**batch)
     assert out.logits.shape[:2] == labels.shape
-    loss = torch.nn.functional.cross_entropy(out.logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+    loss = torch.nn.functional.cross_entropy(
+        out.logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100
+    )
     loss.backward()
     vision = [p for n, p in model.named_parameters() if "vision" in n or "visual" in n]
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in vision), "no gradient reached the vision tower"

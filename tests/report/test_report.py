@@ -41,7 +41,11 @@ def test_choose_prefers_forgetting_then_kept_knowledge():
 def test_tradeoff_plot_is_a_png():
     runs = {
         f"{m}@{lr}": {"method": m, "lr": lr, "forget_vqa_acc": v, "forget_qa_acc": q, "retain_vqa_acc": r}
-        for m, lr, v, q, r in [("ga", 1e-4, 0.3, 0.5, 0.4), ("ga", 3e-5, 0.6, 0.8, 0.7), ("mmunlearner", 1e-4, 0.3, 0.9, 0.8)]
+        for m, lr, v, q, r in [
+            ("ga", 1e-4, 0.3, 0.5, 0.4),
+            ("ga", 3e-5, 0.6, 0.8, 0.7),
+            ("mmunlearner", 1e-4, 0.3, 0.9, 0.8),
+        ]
     }
     png = tradeoff_plot(runs, {"forget_vqa_acc": 0.95, "forget_qa_acc": 0.95, "retain_vqa_acc": 0.95})
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000

@@ -43,8 +43,9 @@ def test_finetune_is_deterministic(quick_models):
 
 def test_finetune_learns_text_knowledge(small_bench, tmp_path):
     """A short run on the small benchmark lifts world-knowledge QA well above chance (0.25)."""
-    cfg = FinetuneConfig(vision_pretrain_steps=0, perception_epochs=0, epochs=12, batch_size=16, mcq_fraction=0.0,
-                         perception_share=0.0)
+    cfg = FinetuneConfig(
+        vision_pretrain_steps=0, perception_epochs=0, epochs=12, batch_size=16, mcq_fraction=0.0, perception_share=0.0
+    )
     finetune(small_bench, tmp_path / "m", cfg)
     model, processor = load(tmp_path / "m")
     from forgetlab.data.mllmu import load_split

@@ -73,9 +73,7 @@ def _split_files(base: Path, split: str) -> list[Path]:
     folder = base / split
     if not folder.is_dir():
         avail = available_splits(base)
-        raise DataError(
-            f"split {split!r} not found under {base}; available splits: {', '.join(avail) or 'none'}"
-        )
+        raise DataError(f"split {split!r} not found under {base}; available splits: {', '.join(avail) or 'none'}")
     files = _parquet_files(folder)
     if not files:
         raise DataError(f"split {split!r} ({folder}) holds no *.parquet file")
@@ -93,8 +91,7 @@ def _read(files: Sequence[Path], split: str, required: Sequence[str]) -> dict[st
         missing = [c for c in required if c not in names]
         if missing:
             raise DataError(
-                f"split {split!r}: column {missing[0]!r} missing in {path} "
-                f"(columns present: {', '.join(names)})"
+                f"split {split!r}: column {missing[0]!r} missing in {path} (columns present: {', '.join(names)})"
             )
         try:
             table = pq.read_table(path, columns=list(required))
@@ -186,9 +183,7 @@ def _options(value: Any, split: str, column: str, pid: str) -> dict[str, str]:
         value = {chr(ord("A") + i): v for i, v in enumerate(value)}
     if not isinstance(value, dict):
         raise DataError(f"{_at(split, column, pid)}: Options must be a mapping, got {value!r}")
-    options = {
-        str(k).strip(): _text(v, f"option {k}", split, column, pid) for k, v in value.items() if v is not None
-    }
+    options = {str(k).strip(): _text(v, f"option {k}", split, column, pid) for k, v in value.items() if v is not None}
     if len(options) < 2:
         raise DataError(f"{_at(split, column, pid)}: MCQ has fewer than 2 options: {options}")
     return options
@@ -204,9 +199,7 @@ def _correct_letter(value: Any, options: dict[str, str], split: str, column: str
     for letter, text in options.items():  # some exports store the option text itself
         if text.strip().lower() == raw.lower():
             return letter
-    raise DataError(
-        f"{_at(split, column, pid)}: Correct_Answer {raw!r} is not among the options {sorted(options)}"
-    )
+    raise DataError(f"{_at(split, column, pid)}: Correct_Answer {raw!r} is not among the options {sorted(options)}")
 
 
 def _modality_of_type(value: Any, split: str, column: str, pid: str) -> Modality:
@@ -274,9 +267,7 @@ def load_split(
         present = set(row_ids)
         missing = [i for i in wanted if i not in present]
         if missing:
-            raise DataError(
-                f"split {split!r}: {len(missing)} requested ID(s) not in the split: {missing[:10]}"
-            )
+            raise DataError(f"split {split!r}: {len(missing)} requested ID(s) not in the split: {missing[:10]}")
         wanted_set = set(wanted)
         keep = [i for i, pid in enumerate(row_ids) if pid in wanted_set]
 
@@ -342,9 +333,7 @@ def _classification(value: Any, images: list[Image.Image], split: str, column: s
     return out
 
 
-def _open_ended(
-    value: Any, task: str, images: list[Image.Image], split: str, column: str, pid: str
-) -> list[Sample]:
+def _open_ended(value: Any, task: str, images: list[Image.Image], split: str, column: str, pid: str) -> list[Sample]:
     out: list[Sample] = []
     for q_index, raw in enumerate(_as_list(value, split, column, pid)):
         item = _as_dict(raw, split, column, pid)
@@ -435,8 +424,7 @@ def _metadata(value: Any, split: str, pid: str) -> list[tuple[str, str]]:
         value = [value]
     if not isinstance(value, list) or not value:
         raise DataError(
-            f"{_at(split, column, pid)}: expected a non-empty list of "
-            f"{{Question, Answer}} pairs, got {value!r:.80}"
+            f"{_at(split, column, pid)}: expected a non-empty list of {{Question, Answer}} pairs, got {value!r:.80}"
         )
     pairs = []
     for item in value:

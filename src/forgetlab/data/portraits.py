@@ -104,9 +104,7 @@ class FaceFeatures:
         for f in fields(self):
             value = getattr(self, f.name)
             if value not in FEATURE_VALUES[f.name]:
-                raise ValueError(
-                    f"face feature {f.name}={value!r} is not one of {list(FEATURE_VALUES[f.name])}"
-                )
+                raise ValueError(f"face feature {f.name}={value!r} is not one of {list(FEATURE_VALUES[f.name])}")
 
     def as_dict(self) -> dict[str, str]:
         """The features as a plain ``{name: value}`` dict (field order)."""

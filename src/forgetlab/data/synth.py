@@ -211,9 +211,7 @@ MCQ_TYPE = pa.struct([("Question", pa.string()), ("Options", OPTIONS_TYPE), ("Co
 CLASSIFICATION_TYPE = pa.struct(
     [("Image_Textual_Questions", pa.list_(MCQ_TYPE)), ("Pure_Text_Questions", pa.list_(MCQ_TYPE))]
 )
-OPEN_QUESTION_TYPE = pa.struct(
-    [("Question", pa.string()), ("Ground_Truth", pa.string()), ("Type", pa.string())]
-)
+OPEN_QUESTION_TYPE = pa.struct([("Question", pa.string()), ("Ground_Truth", pa.string()), ("Type", pa.string())])
 GENERATION_TYPE = pa.list_(OPEN_QUESTION_TYPE)
 
 PROFILE_SCHEMA = pa.schema(
@@ -610,9 +608,7 @@ def _generate(
         ft_rows.append({"image": None, "ID": person.id, "metadata": json.dumps(_person_qa(person))})
     for item in perc_train:
         pairs = [{"Question": q, "Answer": a} for q, a, _ in item.qa]
-        ft_rows.append(
-            {"image": _png(item.image, f"{item.id}.png"), "ID": item.id, "metadata": json.dumps(pairs)}
-        )
+        ft_rows.append({"image": _png(item.image, f"{item.id}.png"), "ID": item.id, "metadata": json.dumps(pairs)})
     for k, (_, question, answer) in enumerate(WORLD_FACTS):
         pairs = [{"Question": question, "Answer": answer}]
         ft_rows.append({"image": None, "ID": f"world_{k:03d}", "metadata": json.dumps(pairs)})

@@ -50,9 +50,7 @@ def _answer_suffix_len(processor, sample: Sample) -> int:
 
 
 @torch.no_grad()
-def _sequence_scores(
-    model, examples: list[Encoded], spans: list[tuple[int, int]], pad_id: int, bs: int
-) -> list[float]:
+def _sequence_scores(model, examples: list[Encoded], spans: list[tuple[int, int]], pad_id: int, bs: int) -> list[float]:
     """Sum of log p(token) over ``spans[i] = (start, end)`` token positions of each example."""
     out: list[float] = []
     for idx in _chunks(list(range(len(examples))), bs):
@@ -154,9 +152,7 @@ def answer_mcq(
     if protocol == "loglik":
         return score_options(model, processor, samples, batch_size)
     if protocol == "generate":
-        gen = generate_answers(
-            model, processor, samples, with_options=True, max_new_tokens=5, batch_size=batch_size
-        )
+        gen = generate_answers(model, processor, samples, with_options=True, max_new_tokens=5, batch_size=batch_size)
         return [
             Choice(parse_choice(g, "".join(s.options or "ABCD")), generated=g)
             for s, g in zip(samples, gen, strict=True)

@@ -59,9 +59,7 @@ def _as_1d(values: ArrayLike, name: str) -> np.ndarray:
 def _logprobs(values: ArrayLike) -> np.ndarray:
     arr = _as_1d(values, "logprobs")
     if arr.max() > _MAX_LOGPROB:
-        raise ValueError(
-            f"logprobs must be <= 0 (log-probabilities); got max {arr.max():.4g} — NLLs passed instead?"
-        )
+        raise ValueError(f"logprobs must be <= 0 (log-probabilities); got max {arr.max():.4g} — NLLs passed instead?")
     return arr
 
 
@@ -143,8 +141,7 @@ def token_stats_from_logits(
     tg = targets if isinstance(targets, torch.Tensor) else torch.as_tensor(np.asarray(targets))
     if lg.ndim < 2 or lg.shape[:-1] != tg.shape:
         raise ValueError(
-            "logits must have shape [..., T, V] and targets [..., T]; "
-            f"got {tuple(lg.shape)} and {tuple(tg.shape)}"
+            f"logits must have shape [..., T, V] and targets [..., T]; got {tuple(lg.shape)} and {tuple(tg.shape)}"
         )
     if tg.dtype.is_floating_point or tg.dtype == torch.bool:
         raise ValueError(f"targets must be integer token ids; got dtype {tg.dtype}")

@@ -53,9 +53,7 @@ class EvalResult:
     rows: list[dict] = field(default_factory=list)
 
 
-def load_eval_sets(
-    root: Path, ratio: int, sets: tuple[str, ...] = tuple(EVAL_SETS)
-) -> dict[str, list[Sample]]:
+def load_eval_sets(root: Path, ratio: int, sets: tuple[str, ...] = tuple(EVAL_SETS)) -> dict[str, list[Sample]]:
     """Samples of each evaluation set present in ``root`` (required ones must exist)."""
     present = set(available_splits(root))
     out = {}
@@ -82,9 +80,7 @@ def evaluate(
 ) -> EvalResult:
     """Evaluate ``model`` on the benchmark at ``root``; returns metrics and per-question rows."""
     config = config or EvalConfig()
-    sets = (
-        eval_sets if eval_sets is not None else load_eval_sets(Path(root), config.forget_ratio, config.sets)
-    )
+    sets = eval_sets if eval_sets is not None else load_eval_sets(Path(root), config.forget_ratio, config.sets)
     model.eval()
     metrics: dict[str, float | int | None] = {}
     rows: list[dict] = []

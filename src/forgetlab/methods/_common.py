@@ -56,9 +56,7 @@ def logits_to_token_logprobs(
     return zeros.masked_scatter(mask, logprobs), mask
 
 
-def token_logprobs(
-    model: torch.nn.Module, batch: Batch, **fwd_kwargs: Any
-) -> tuple[torch.Tensor, torch.Tensor]:
+def token_logprobs(model: torch.nn.Module, batch: Batch, **fwd_kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward ``batch`` and return (log-probs of target tokens [B, T-1], supervision mask [B, T-1])."""
     return logits_to_token_logprobs(forward(model, batch, **fwd_kwargs).logits, batch)
 

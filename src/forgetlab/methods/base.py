@@ -67,9 +67,7 @@ class UnlearnMethod(ABC):
     def __init__(self, config: MethodConfig | None = None) -> None:
         self.config = config if config is not None else self.Config()
         if not isinstance(self.config, self.Config):
-            raise TypeError(
-                f"{type(self).__name__} needs a {self.Config.__name__}, got {type(config).__name__}"
-            )
+            raise TypeError(f"{type(self).__name__} needs a {self.Config.__name__}, got {type(config).__name__}")
         if self.config.reference_model is not None and not self.needs_ref_model:
             raise ValueError(
                 f"reference_model={self.config.reference_model!r} is set but {type(self).__name__} "
@@ -84,9 +82,7 @@ class UnlearnMethod(ABC):
     @property
     def needs_ref_model(self) -> bool:
         """True when ``compute_loss`` must be given a frozen reference model."""
-        return self.forget_needs_ref or (
-            self.needs_retain and self.config.retain_loss in self.ref_retain_losses
-        )
+        return self.forget_needs_ref or (self.needs_retain and self.config.retain_loss in self.ref_retain_losses)
 
     @abstractmethod
     def forget_loss(
@@ -94,9 +90,7 @@ class UnlearnMethod(ABC):
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """The forget term and its extra logs."""
 
-    def retain_term(
-        self, model: torch.nn.Module, retain: Batch, ref_model: torch.nn.Module | None
-    ) -> torch.Tensor:
+    def retain_term(self, model: torch.nn.Module, retain: Batch, ref_model: torch.nn.Module | None) -> torch.Tensor:
         """The retain regulariser selected by ``config.retain_loss`` (before weighting)."""
         kind = self.config.retain_loss
         if kind == "nll":
@@ -147,7 +141,5 @@ def build_method(name: str, **overrides: Any) -> UnlearnMethod:
     valid = sorted(cls.Config.model_fields)
     unknown = sorted(set(overrides) - set(valid))
     if unknown:
-        raise ValueError(
-            f"unknown config field(s) {unknown} for method {name!r}; valid fields: {', '.join(valid)}"
-        )
+        raise ValueError(f"unknown config field(s) {unknown} for method {name!r}; valid fields: {', '.join(valid)}")
     return cls(cls.Config(**overrides))

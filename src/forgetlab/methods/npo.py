@@ -22,9 +22,7 @@ from forgetlab.methods._common import Batch, mean_over_rows, sequence_logprob
 from forgetlab.methods.base import METHODS, MethodConfig, UnlearnMethod
 
 
-def npo_loss(
-    logprob: torch.Tensor, ref_logprob: torch.Tensor, counts: torch.Tensor, beta: float
-) -> torch.Tensor:
+def npo_loss(logprob: torch.Tensor, ref_logprob: torch.Tensor, counts: torch.Tensor, beta: float) -> torch.Tensor:
     """NPO from per-sequence summed log-probs [B] of the model and the reference."""
     log_ratio = logprob - ref_logprob
     return mean_over_rows(-F.logsigmoid(-beta * log_ratio), counts) * 2 / beta

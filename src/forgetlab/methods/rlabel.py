@@ -44,9 +44,7 @@ def random_labels(batch: Batch, vocab_size: int, seed: int) -> torch.Tensor:
     for i in range(labels.shape[0]):
         supervised = (labels[i] != -100) & attention[i].bool()
         true = labels[i][supervised].cpu()
-        generator = torch.Generator().manual_seed(
-            row_seed(batch["input_ids"][i], labels[i], attention[i], seed)
-        )
+        generator = torch.Generator().manual_seed(row_seed(batch["input_ids"][i], labels[i], attention[i], seed))
         draw = torch.randint(0, vocab_size - 1, true.shape, generator=generator)
         out[i][supervised] = (draw + (draw >= true).long()).to(labels.device)  # skip the true token
     return out

@@ -73,9 +73,7 @@ class RMU(UnlearnMethod):
         norm = hidden.detach().float().norm(dim=-1)[mask].mean().item()
         return masked_mse(hidden, target, mask), {"forget_hidden_norm": norm}
 
-    def retain_term(
-        self, model: torch.nn.Module, retain: Batch, ref_model: torch.nn.Module | None
-    ) -> torch.Tensor:
+    def retain_term(self, model: torch.nn.Module, retain: Batch, ref_model: torch.nn.Module | None) -> torch.Tensor:
         if self.config.retain_loss != "activation":
             return super().retain_term(model, retain, ref_model)
         hidden = hidden_at(model, retain, self.config.layer)

@@ -103,6 +103,4 @@ def load_model(
 
 def load(path: str | Path, **kwargs):
     """``(model, processor)`` from a local folder."""
-    return load_model(path, **kwargs), load_processor(
-        path, trust_remote_code=kwargs.get("trust_remote_code", False)
-    )
+    return load_model(path, **kwargs), load_processor(path, trust_remote_code=kwargs.get("trust_remote_code", False))

@@ -92,9 +92,7 @@ def build_tokenizer(texts: Iterable[str], arch: Arch = "llava") -> PreTrainedTok
         extra_special_tokens={"image_token": LLAVA_IMAGE if arch == "llava" else QWEN_IMAGE},
     )
     if arch == "qwen2vl":
-        fast.add_special_tokens(
-            {"additional_special_tokens": [QWEN_VISION_START, QWEN_VISION_END, QWEN_VIDEO]}
-        )
+        fast.add_special_tokens({"additional_special_tokens": [QWEN_VISION_START, QWEN_VISION_END, QWEN_VIDEO]})
     return fast
 
 

@@ -92,9 +92,7 @@ def _hsic1_feature(xty_sq: torch.Tensor, kd: torch.Tensor, ld: torch.Tensor, n: 
     return bracket / (n * (n - 3))
 
 
-def _hsic_triplet(
-    xc: torch.Tensor, yc: torch.Tensor, debiased: bool, form: str
-) -> tuple[float, float, float]:
+def _hsic_triplet(xc: torch.Tensor, yc: torch.Tensor, debiased: bool, form: str) -> tuple[float, float, float]:
     """(HSIC(K,L), HSIC(K,K), HSIC(L,L)) for centred features, in the requested form."""
     n = xc.shape[0]
     if form == "feature":
@@ -131,8 +129,7 @@ def _hsic_triplet(
 def _ratio(xy: float, xx: float, yy: float) -> float:
     if not (xx > 0.0 and yy > 0.0):
         raise ValueError(
-            f"degenerate input: self-HSIC is not positive (HSIC(K,K)={xx:.3g}, HSIC(L,L)={yy:.3g}); "
-            "CKA is undefined"
+            f"degenerate input: self-HSIC is not positive (HSIC(K,K)={xx:.3g}, HSIC(L,L)={yy:.3g}); CKA is undefined"
         )
     value = xy / math.sqrt(xx * yy)
     if not math.isfinite(value):

@@ -43,8 +43,7 @@ def _pca(t: torch.Tensor, k: int, name: str) -> tuple[torch.Tensor, torch.Tensor
         raise ValueError(f"{name} has zero variance: principal directions are undefined")
     if k > w.shape[0] or float(w[k - 1]) <= tol:
         raise ValueError(
-            f"k={k} exceeds the rank of {name}'s covariance (n={n}, d={d}): "
-            "the k-th principal direction is undefined"
+            f"k={k} exceeds the rank of {name}'s covariance (n={n}, d={d}): the k-th principal direction is undefined"
         )
     dirs = dirs / torch.linalg.vector_norm(dirs, dim=0, keepdim=True)
     return mean, w, dirs
@@ -61,16 +60,12 @@ def _pair(x_ref, x_upd, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     a = as_float64_matrix(x_ref, "x_ref")
     b = as_float64_matrix(x_upd, "x_upd")
     if a.shape[1] != b.shape[1]:
-        raise ValueError(
-            f"x_ref and x_upd must have the same feature dimension d; got {a.shape[1]} and {b.shape[1]}"
-        )
+        raise ValueError(f"x_ref and x_upd must have the same feature dimension d; got {a.shape[1]} and {b.shape[1]}")
     _check_k(k, a.shape[1])
     return a, b.to(a.device)
 
 
-def principal_cosines(
-    x_ref: np.ndarray | torch.Tensor, x_upd: np.ndarray | torch.Tensor, k: int = 1
-) -> list[float]:
+def principal_cosines(x_ref: np.ndarray | torch.Tensor, x_upd: np.ndarray | torch.Tensor, k: int = 1) -> list[float]:
     """Cosines of the k principal angles between the top-k PC subspaces (descending, in [0, 1])."""
     a, b = _pair(x_ref, x_upd, k)
     _, _, va = _pca(a, k, "x_ref")

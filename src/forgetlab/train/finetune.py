@@ -27,8 +27,8 @@ from forgetlab.data.mllmu import available_splits, load_split, load_training
 from forgetlab.data.schema import Sample
 from forgetlab.io import atomic_dir, write_json
 from forgetlab.models.groups import module_groups
-from forgetlab.train.vision_pretrain import pretrain_vision
 from forgetlab.models.tiny import Arch, build_tiny_model, save_model
+from forgetlab.train.vision_pretrain import pretrain_vision
 
 
 class FinetuneConfig(BaseModel):
@@ -47,7 +47,10 @@ class FinetuneConfig(BaseModel):
     vision_pretrain_lr: float = Field(1e-3, gt=0)
     perception_epochs: int = Field(1, description="epochs on perception data only, before everything")
     epochs: int = Field(14, description="epochs over all training data")
-    mcq_fraction: float = Field(0.15, ge=0, le=1, description="share of keys also shown as an MCQ each epoch")
+    mcq_fraction: float = Field(0.15, ge=0, le=1, description="share of image keys also shown as an MCQ each epoch")
+    mcq_text_fraction: float = Field(
+        0.15, ge=0, le=1, description="share of text-only keys also shown as an MCQ (cheap: no image tokens)"
+    )
     views_per_epoch: int = Field(2, ge=1, description="image views of each person shown per question per epoch")
     perception_share: float = Field(0.15, ge=0, le=1, description="share of perception keys per epoch after stage 1")
 
@@ -135,7 +138,7 @@ class EpochSampler:
 
     def epoch(self, stage: str) -> list[Encoded]:
         out: list[Encoded] = []
-        for (pid, _), variants in self.keys.items():
+        for variants in self.keys.values():
             perception = is_perception(variants[0])
             if stage == "perception" and not perception:
                 continue
@@ -144,7 +147,8 @@ class EpochSampler:
             k = min(len(variants), self.config.views_per_epoch)
             for sample in self.rng.sample(variants, k):
                 out.append(self._encode(sample, mcq=False))
-            if stage == "all" and self.rng.random() < self.config.mcq_fraction:
+            share = self.config.mcq_fraction if variants[0].image is not None else self.config.mcq_text_fraction
+            if stage == "all" and self.rng.random() < share:
                 e = self._encode(self.rng.choice(variants), mcq=True)
                 if e is not None:
                     out.append(e)
