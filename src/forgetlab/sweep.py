@@ -42,7 +42,7 @@ DEMO_SWEEP: tuple[MethodSweep, ...] = (
     MethodSweep("salun", (1e-4, 3e-4)),
     MethodSweep(
         "mmunlearner",
-        (5e-5, 1e-4, 3e-4),
+        (1e-4, 2e-4, 3e-4),
         {"pairing": "interleave", "retain_weight": 1.0, "method_args": {"groups": "both"}},
     ),
 )
