@@ -10,6 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from forgetlab.train.commands import set_threads
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Verifiable machine unlearning for MLLMs.")
 console = Console(stderr=True)
 
@@ -17,12 +19,6 @@ console = Console(stderr=True)
 def _fail(message: str) -> None:
     console.print(f"[bold red]error:[/] {message}")
     raise typer.Exit(2)
-
-
-def _threads() -> None:
-    import torch
-
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), 8)))
 
 
 @app.command()
@@ -56,7 +52,7 @@ def finetune(
     from forgetlab.train.finetune import FinetuneConfig
     from forgetlab.train.finetune import finetune as run
 
-    _threads()
+    set_threads()
     overrides = {"arch": arch, "seed": seed} | ({"epochs": epochs} if epochs is not None else {})
     try:
         config = FinetuneConfig(**overrides)
@@ -82,7 +78,7 @@ def eval_(
     from forgetlab.io import write_json, write_jsonl
     from forgetlab.models.load import ModelPathError, load
 
-    _threads()
+    set_threads()
     if protocol not in ("loglik", "generate"):
         _fail(f"--protocol must be 'loglik' or 'generate', got {protocol!r}")
     try:
@@ -137,7 +133,7 @@ def demo(
     """The whole pipeline on the embedded benchmark, offline: synth -> finetune -> eval -> report."""
     from forgetlab.demo import run_demo
 
-    _threads()
+    set_threads()
     try:
         result = run_demo(out, people=people, seed=seed, console=console)
     except (ValueError, FileNotFoundError) as e:

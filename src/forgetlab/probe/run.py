@@ -359,9 +359,10 @@ def probe_command(
 
     from forgetlab.data.mllmu import DataError
     from forgetlab.models.load import ModelPathError
+    from forgetlab.train.commands import set_threads
 
     console = Console(stderr=True)
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), 8)))
+    set_threads()
     try:
         summary = run_probe(
             reference,

@@ -33,7 +33,7 @@ def _error_line(exc: BaseException) -> str:
 
 
 @contextmanager
-def _clean_errors() -> Iterator[None]:
+def clean_errors() -> Iterator[None]:
     """Turn expected errors into one ``error: ...`` line and exit status 2 (no traceback)."""
     from forgetlab.train.unlearn import UnlearnDiverged
 
@@ -46,7 +46,7 @@ def _clean_errors() -> Iterator[None]:
 
 
 @contextmanager
-def _lazy_progress(title: str) -> Iterator[Callable[[str, int, int], None]]:
+def lazy_progress(title: str) -> Iterator[Callable[[str, int, int], None]]:
     """A progress bar drawn from the first training step on (set-up errors print nothing else)."""
     from forgetlab.progress import progress_bar
 
@@ -61,7 +61,7 @@ def _lazy_progress(title: str) -> Iterator[Callable[[str, int, int], None]]:
         yield update
 
 
-def _threads() -> None:
+def set_threads() -> None:
     """Bounded torch threads, and no per-file weight-loading bars from transformers."""
     import torch
     from transformers.utils import logging as hf_logging
@@ -113,14 +113,14 @@ def unlearn_command(
     """Unlearn the forget split from a model and save the result (+ train_log.jsonl, unlearn.json)."""
     from forgetlab.train.unlearn import UnlearnConfig, unlearn
 
-    _threads()
+    set_threads()
     given = {
         "lr": lr, "epochs": epochs, "retain_weight": retain_weight, "seed": seed, "mask": mask,
         "span": span, "pairing": pairing, "batch_size": batch_size, "max_steps": max_steps,
         "forget_modality": forget_modality, "retain_modality": retain_modality,
         "weight_decay": weight_decay, "max_grad_norm": max_grad_norm,
     }  # fmt: skip
-    with _clean_errors():
+    with clean_errors():
         config = UnlearnConfig(
             method=method,
             method_args=parse_overrides(overrides),
@@ -130,7 +130,7 @@ def unlearn_command(
             bf16=bf16,
             **{k: v for k, v in given.items() if v is not None},
         )
-        with _lazy_progress(f"unlearn {method}") as update:
+        with lazy_progress(f"unlearn {method}") as update:
             summary = unlearn(model, data, out, config, progress=update)
     final = summary["final"] or {}
     typer.echo(
@@ -158,10 +158,10 @@ def mask_command(
     from forgetlab.models.load import load
     from forgetlab.train.masking import compute_mask
 
-    _threads()
+    set_threads()
     given = {"groups": groups, "gamma": gamma, "top_k": top_k, "estimator": estimator,
              "importance_batch_size": batch_size}  # fmt: skip
-    with _clean_errors():
+    with clean_errors():
         mc = MMUnlearnerConfig(linear_only=linear_only, **{k: v for k, v in given.items() if v is not None})
         if span not in ("full", "answer"):
             raise ValueError(f"--span must be 'full' or 'answer', got {span!r}")

@@ -192,23 +192,23 @@ def continual_command(
     ] = None,
 ) -> None:
     """Continual unlearning: the forget people as N sequential requests, metrics after each."""
-    from forgetlab.train.commands import _clean_errors, _lazy_progress, _threads, parse_overrides
+    from forgetlab.train.commands import clean_errors, lazy_progress, parse_overrides, set_threads
     from forgetlab.train.unlearn_config import UnlearnConfig
 
-    _threads()
+    set_threads()
     given = {
         "lr": lr, "epochs": epochs, "retain_weight": retain_weight, "seed": seed, "batch_size": batch_size,
         "max_steps": max_steps, "forget_modality": forget_modality, "retain_modality": retain_modality,
         "pairing": pairing,
     }  # fmt: skip
-    with _clean_errors():
+    with clean_errors():
         config = UnlearnConfig(
             method=method,
             method_args=parse_overrides(overrides),
             forget_ratio=forget_ratio,
             **{k: v for k, v in given.items() if v is not None},
         )
-        with _lazy_progress(f"continual {method}") as update:
+        with lazy_progress(f"continual {method}") as update:
             rows = continual_unlearn(
                 model, data, forget_ratio, out, config, requests, eval_each, save_model=save_model, progress=update
             )

@@ -374,10 +374,10 @@ def relearn_command(
     save_model: Annotated[bool, typer.Option(help="also save the relearned model to OUT/model")] = False,
 ) -> None:
     """Relearning attack: fine-tune on part of the forgotten people, measure recovery on the held-out rest."""
-    from forgetlab.train.commands import _clean_errors, _lazy_progress, _threads
+    from forgetlab.train.commands import clean_errors, lazy_progress, set_threads
 
-    _threads()
-    with _clean_errors(), _lazy_progress("relearn") as update:
+    set_threads()
+    with clean_errors(), lazy_progress("relearn") as update:
         summary = relearn(
             model, data, forget_ratio, out, original=original, fraction=fraction, source=source, lr=lr,
             epochs=epochs, seed=seed, modality=modality, save_model=save_model, progress=update,
