@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -33,7 +34,7 @@ def synth(
 
     try:
         path = write_benchmark(out, people=people, seed=seed)
-    except (DataError, ValueError, FileExistsError) as e:
+    except (DataError, ValueError, OSError) as e:
         _fail(str(e))
     console.print(f"benchmark written to [bold]{path}[/]")
 
@@ -48,6 +49,7 @@ def finetune(
 ) -> None:
     """Inject the benchmark's knowledge into a fresh tiny model: the 'original' model."""
     from forgetlab.data.mllmu import DataError
+    from forgetlab.lock import OutputLocked, check_not_input, output_lock
     from forgetlab.progress import progress_bar
     from forgetlab.train.finetune import FinetuneConfig
     from forgetlab.train.finetune import finetune as run
@@ -56,9 +58,10 @@ def finetune(
     overrides = {"arch": arch, "seed": seed} | ({"epochs": epochs} if epochs is not None else {})
     try:
         config = FinetuneConfig(**overrides)
-        with progress_bar("finetune") as update:
+        check_not_input(out, {"data": data})
+        with output_lock(out), progress_bar("finetune") as update:
             summary = run(data, out, config, progress=update)
-    except (DataError, ValueError) as e:
+    except (DataError, ValueError, OSError, OutputLocked) as e:
         _fail(str(e))
     console.print(f"model saved to [bold]{out}[/] ({summary['steps']} steps, {summary['seconds']} s)")
 
@@ -72,32 +75,37 @@ def eval_(
     protocol: Annotated[str, typer.Option(help="loglik (fast) or generate (reference)")] = "loglik",
     generation: Annotated[bool, typer.Option(help="also run generation and cloze tasks")] = True,
 ) -> None:
-    """Evaluate a model: MCQ accuracy per split x modality, cloze, ROUGE and BLEU."""
+    """Evaluate a model: MCQ accuracy per split x modality, cloze, ROUGE and BLEU (shards under accelerate launch)."""
     from forgetlab.data.mllmu import DataError
+    from forgetlab.dist.shard import Shard
     from forgetlab.eval.runner import EvalConfig, evaluate
+    from forgetlab.eval.undefined import with_notes
     from forgetlab.io import write_json, write_jsonl
-    from forgetlab.models.load import ModelPathError, load
+    from forgetlab.lock import OutputLocked, check_not_input, output_lock
+    from forgetlab.models.load import load
 
     set_threads()
     if protocol not in ("loglik", "generate"):
         _fail(f"--protocol must be 'loglik' or 'generate', got {protocol!r}")
+    shard = Shard.current()  # under accelerate launch: questions split over processes, answers gathered
+    lock = output_lock(out) if shard.is_main else contextlib.nullcontext()  # one writer per output folder
     try:
-        m, processor = load(model)
-        cfg = EvalConfig(forget_ratio=forget_ratio, protocol=protocol, generation=generation)  # type: ignore[arg-type]
-        result = evaluate(m, processor, data, cfg, progress=lambda s: console.print(f"evaluating {s} ..."))
-    except (DataError, ModelPathError, ValueError) as e:
+        check_not_input(out, {"model": model, "data": data})
+        with lock:
+            m, processor = load(model)
+            if shard.world > 1:
+                m.to(shard.device)
+            cfg = EvalConfig(forget_ratio=forget_ratio, protocol=protocol, generation=generation)  # type: ignore[arg-type]
+            say = (lambda s: console.print(f"evaluating {s} ...")) if shard.is_main else None
+            result = evaluate(m, processor, data, cfg, progress=say, shard=shard)
+            if not shard.is_main:  # every process holds the gathered result; one writes it
+                return
+            summary = {"model": str(model), "data": str(data), "forget_ratio": forget_ratio, "protocol": protocol,
+                       "metrics": result.metrics}  # fmt: skip
+            write_json(out / "metrics.json", with_notes(summary))  # null + a note where a metric is undefined
+            write_jsonl(out / "answers.jsonl", result.rows)
+    except (DataError, ValueError, OSError, OutputLocked) as e:  # ModelPathError, io.WriteFailed: OSErrors
         _fail(str(e))
-    write_json(
-        out / "metrics.json",
-        {
-            "model": str(model),
-            "data": str(data),
-            "forget_ratio": forget_ratio,
-            "protocol": protocol,
-            "metrics": result.metrics,
-        },
-    )
-    write_jsonl(out / "answers.jsonl", result.rows)
     print_metrics({"model": result.metrics})
     console.print(f"wrote {out / 'metrics.json'}")
 
@@ -131,12 +139,13 @@ def demo(
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """The whole pipeline on the embedded benchmark, offline: synth -> finetune -> eval -> report."""
-    from forgetlab.demo import run_demo
+    from forgetlab.demo import DemoPlan, run_demo
+    from forgetlab.lock import OutputLocked
 
     set_threads()
     try:
-        result = run_demo(out, people=people, seed=seed, console=console)
-    except (ValueError, FileNotFoundError) as e:
+        result = run_demo(out, DemoPlan(people=people, seed=seed), console=console)
+    except (ValueError, OSError, OutputLocked) as e:  # OSError: e.g. a full disk (forgetlab.io.WriteFailed)
         _fail(str(e))
     print_metrics(result["models"])
     console.print(f"report: [bold]{out / 'report.html'}[/]  metrics: [bold]{out / 'metrics.json'}[/]")
@@ -161,3 +170,9 @@ from forgetlab.verify.relearn import relearn_command  # noqa: E402
 
 app.command("relearn")(relearn_command)
 app.command("continual")(continual_command)
+from forgetlab.run_config import run_command  # noqa: E402
+
+app.command("run")(run_command)
+from forgetlab.doctor import doctor_command  # noqa: E402
+
+app.command("doctor")(doctor_command)

@@ -2,51 +2,79 @@
 
 Stages (each skipped when already complete in ``out``):
 synth -> finetune the original model (cached) -> evaluate it -> every unlearning method over
-a small learning-rate sweep (``forgetlab.sweep``), each evaluated -> metrics.json + report.html
-(results table, trade-off plot, examples).
+a small learning-rate sweep (``forgetlab.sweep``), each evaluated -> verification of every
+method's chosen model and of the paper's two regimes (``forgetlab.verify``: relearning attack,
+membership inference, per-layer probes, verdict) -> metrics.json + report.html.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
 from forgetlab.data.mllmu import load_split
 from forgetlab.data.schema import forget_split
 from forgetlab.eval.runner import EvalConfig, evaluate, load_eval_sets
+from forgetlab.eval.undefined import with_notes
 from forgetlab.io import write_json, write_jsonl
+from forgetlab.lock import locks_output
 from forgetlab.models.load import load
 from forgetlab.progress import progress_bar
-from forgetlab.report.html import ExampleCard, Report, example_cards, figure, metrics_table
-from forgetlab.report.plots import tradeoff_plot
-from forgetlab.sweep import DEMO_SWEEP, run_sweep
+from forgetlab.report.html import ExampleCard, Report, esc, example_cards, figure, metrics_table
+from forgetlab.report.plots import depth_plot, tradeoff_plot
+from forgetlab.sweep import DEMO_SWEEP, MethodSweep, run_sweep
 from forgetlab.train.finetune import FinetuneConfig, finetune
+from forgetlab.verify.assess import AssessSettings, assess, membership
+from forgetlab.verify.regimes import REGIMES, Regime, run_regime
 
 FORGET_RATIO = 10
 
 
+@dataclass(frozen=True)
+class DemoPlan:
+    """What the demo runs. The defaults are the demo; a test passes a toy plan of the same shape."""
+
+    people: int = 100
+    seed: int = 0
+    finetune: FinetuneConfig | None = None  # default: FinetuneConfig(seed=seed)
+    sweep: tuple[MethodSweep, ...] = DEMO_SWEEP
+    regimes: tuple[Regime, ...] = REGIMES
+    assess: AssessSettings = field(default_factory=AssessSettings)
+    methods: bool = True
+    verify: bool = True
+
+    def finetune_config(self) -> FinetuneConfig:
+        return self.finetune or FinetuneConfig(seed=self.seed)
+
+
 def _synth(data: Path, people: int, seed: int, console: Console) -> None:
-    from forgetlab.data.synth import write_benchmark
+    from forgetlab.data.synth import VERSION, write_benchmark
 
     marker = data / "forgetlab_synth.json"
     if marker.exists():
         info = json.loads(marker.read_text())
-        if info.get("people") == people and info.get("seed") == seed:
+        if info.get("people") == people and info.get("seed") == seed and info.get("version") == VERSION:
             console.print(f"[dim]benchmark cached at {data}[/]")
             return
     console.print(f"generating the synthetic benchmark ({people} people) ...")
     write_benchmark(data, people=people, seed=seed)
 
 
-def _original(data: Path, model_dir: Path, seed: int, console: Console) -> None:
-    config = FinetuneConfig(seed=seed)
+def _original(data: Path, model_dir: Path, config: FinetuneConfig, console: Console) -> None:
+    from forgetlab.data.synth import benchmark_digest
+
     done = model_dir / "finetune.json"
-    if done.exists() and json.loads(done.read_text()).get("config") == config.model_dump():
-        console.print(f"[dim]original model cached at {model_dir}[/]")
-        return
+    if done.exists():
+        info = json.loads(done.read_text())
+        if info.get("config") == config.model_dump() and info.get("data_digest") == benchmark_digest(data):
+            console.print(f"[dim]original model cached at {model_dir}[/]")
+            return
     with progress_bar("knowledge injection", console) as update:
         summary = finetune(data, model_dir, config, progress=update)
     console.print(f"original model trained in {summary['seconds']:.0f} s")
@@ -70,40 +98,201 @@ def _examples(data: Path, rows: list[dict], n: int = 4) -> list[ExampleCard]:
     return list(cards.values())
 
 
-def run_demo(out: Path, people: int = 100, seed: int = 0, console: Console | None = None, methods: bool = True) -> dict:
+def model_key(model_dir: Path) -> dict:
+    """Identity of a model folder's weights for the demo's caches (a retrained model is a new file)."""
+    weights = sorted(Path(model_dir).glob("*.safetensors"))
+    return {"model": str(model_dir), "weights": [[w.name, w.stat().st_size, w.stat().st_mtime_ns] for w in weights]}
+
+
+def memo(path: Path, key: dict, compute: Callable[[], Any]) -> Any:
+    """``compute()``, cached as JSON in ``path`` under ``key`` (recomputed when the key differs)."""
+    if path.exists():
+        cached = json.loads(path.read_text())
+        if cached.get("key") == json.loads(json.dumps(key)):
+            return cached["value"]
+    write_json(path, {"key": key, "value": compute()})
+    return json.loads(path.read_text())["value"]  # as a rerun will see it (NaN already null)
+
+
+#: keys :func:`forgetlab.verify.assess.assess` adds to a model's entry in metrics.json
+VERIFY_KEYS: tuple[str, ...] = ("relearn", "mia", "probe", "verdict", "verdict_rule")
+
+
+def _verify(
+    out: Path, data: Path, original: Path, targets: dict[str, Path], settings: AssessSettings, console: Console
+) -> tuple[dict[str, dict], dict]:
+    """Assess every model in ``targets`` (name -> folder) against ``original``; also the
+    original's MIA AUCs (the baseline an unlearned model should move towards 0.5)."""
+    from forgetlab.data.mllmu import split_ids
+    from forgetlab.eval.mia_runner import benchmark_mia_sets
+    from forgetlab.models.load import load as load_model_dir
+    from forgetlab.verify.relearn import evaluate_halves, split_people
+
+    people = split_people(split_ids(data, forget_split(FORGET_RATIO)), settings.relearn_fraction, settings.seed)
+    mia_sets = benchmark_mia_sets(data, FORGET_RATIO)
+
+    def baseline() -> dict:
+        model, processor = load_model_dir(original)
+        halves = evaluate_halves(model, processor, data, FORGET_RATIO, people)
+        return {"halves": halves, "mia": membership(original, *mia_sets)}
+
+    key = model_key(original) | {"settings": asdict(settings)}
+    base = memo(out / "cache" / "original_verify.json", key, baseline)
+    original_halves, original_mia = base["halves"], base["mia"]
+    results: dict[str, dict] = {}
+    with progress_bar("verifying (relearn, MIA, probes)", console) as update:
+        for k, (name, path) in enumerate(targets.items()):
+            update(f"{name}", k, len(targets))
+            results[name] = assess(
+                original,
+                path,
+                data,
+                FORGET_RATIO,
+                out / "verify" / name,
+                settings=settings,
+                original_metrics=original_halves,
+                mia_sets=mia_sets,
+                cache_dir=out / "verify" / "features",
+            )
+        update("done", len(targets), len(targets))
+    return results, original_mia
+
+
+def _regimes(
+    out: Path, data: Path, original: Path, regimes: tuple[Regime, ...], eval_sets: dict, console: Console
+) -> dict[str, dict]:
+    """Unlearn the paper's two regimes (cached) and evaluate them; returns ``{name: metrics}``."""
+    rows: dict[str, dict] = {}
+    with progress_bar("regimes (single vs continual GA)", console) as update:
+        for regime in regimes:
+            path = run_regime(regime, original, data, FORGET_RATIO, out / "models" / regime.name, progress=update)
+
+            def evaluate_regime(path: Path = path) -> dict:
+                model, processor = load(path)
+                cfg = EvalConfig(forget_ratio=FORGET_RATIO, generation=False)
+                return evaluate(model, processor, data, cfg, eval_sets=eval_sets).metrics
+
+            metrics = memo(out / "cache" / f"{regime.name}_eval.json", model_key(path), evaluate_regime)
+            rows[regime.name] = metrics | {
+                "method": regime.method,
+                "lr": regime.lr,
+                "requests": regime.requests,
+                "title": regime.title,
+                "expected": regime.expected,
+                "path": str(path),
+            }
+    return rows
+
+
+def verdict_table(models: dict[str, dict]) -> str:
+    """One row per verified model: forgetting, relearning recovery, representations, MIA, verdict."""
+    from forgetlab.report.html import esc, fmt
+
+    head = (
+        "<tr><th>model</th><th>forget VQA</th><th>retain VQA</th><th>recovery, relearned people</th>"
+        "<th>recovery, held-out people</th><th>median LLM CKA</th><th>min CKA</th><th>MIA AUC (loss, VQA)</th>"
+        "<th>verdict</th></tr>"
+    )
+    body = []
+    for name, m in models.items():
+        if "verdict" not in m:
+            continue
+        rec = (m.get("relearn") or {}).get("recovery", {}).get("headline", {})
+        ev = m.get("evidence") or {}
+        cka = [c for c in (m.get("probe") or {}).get("cka", []) if c is not None]
+        auc = ((m.get("mia") or {}).get("vqa") or {}).get("loss")
+        cells = [
+            m.get("forget_vqa_acc"), m.get("retain_vqa_acc"), rec.get("relearned_people"), rec.get("held_out_people"),
+            ev.get("cka_median"), min(cka) if cka else None, auc,
+        ]  # fmt: skip
+        tds = "".join(f"<td class='num'>{fmt(v)}</td>" for v in cells)
+        body.append(
+            f"<tr><th>{esc(name)}</th>{tds}<td title='{esc(m.get('verdict_rule'))}'>{esc(m['verdict'])}</td></tr>"
+        )
+    return f"<table>{head}{''.join(body)}</table>"
+
+
+@locks_output(lambda out, *args, **kwargs: out)
+def run_demo(out: Path, plan: DemoPlan | None = None, console: Console | None = None) -> dict:
     """Run every demo stage into ``out``; returns the content of ``metrics.json``."""
+    plan = plan or DemoPlan()
     console = console or Console(stderr=True)
     t0 = time.time()
     out = Path(out)
     data = out / "data"
     model_dir = out / "models" / "original"
-    _synth(data, people, seed, console)
-    _original(data, model_dir, seed, console)
+    timings: dict[str, float] = {}
+    clock = time.time()
 
-    model, processor = load(model_dir)
-    console.print("evaluating the original model ...")
+    def lap(stage: str) -> None:
+        nonlocal clock
+        timings[stage] = round(time.time() - clock, 1)
+        clock = time.time()
+
+    _synth(data, plan.people, plan.seed, console)
+    lap("synth")
+    _original(data, model_dir, plan.finetune_config(), console)
+    lap("finetune")
+
     eval_sets = load_eval_sets(data, FORGET_RATIO)
-    result = evaluate(model, processor, data, EvalConfig(forget_ratio=FORGET_RATIO), eval_sets=eval_sets)
-    write_jsonl(out / "answers" / "original.jsonl", result.rows)
-    models: dict[str, dict] = {"original": result.metrics | {"method": "original", "lr": None}}
+
+    def evaluate_original() -> dict:
+        console.print("evaluating the original model ...")
+        model, processor = load(model_dir)
+        result = evaluate(model, processor, data, EvalConfig(forget_ratio=FORGET_RATIO), eval_sets=eval_sets)
+        return {"metrics": result.metrics, "rows": result.rows}
+
+    original = memo(out / "cache" / "original_eval.json", model_key(model_dir), evaluate_original)
+    write_jsonl(out / "answers" / "original.jsonl", original["rows"])
+    models: dict[str, dict] = {"original": original["metrics"] | {"method": "original", "lr": None}}
+    lap("evaluate original")
     runs: dict[str, dict] = {}
-    if methods:
-        mcq_sets = {k: [s for s in v if s.task == "classification"] for k, v in eval_sets.items()}
+    regimes: dict[str, dict] = {}
+    mcq_sets = {k: [s for s in v if s.task == "classification"] for k, v in eval_sets.items()}
+    if plan.methods:
         with progress_bar("unlearning", console) as update:
             runs = run_sweep(
-                model_dir, data, out / "models", FORGET_RATIO, DEMO_SWEEP, eval_sets=mcq_sets, progress=update
+                model_dir, data, out / "models", FORGET_RATIO, plan.sweep, eval_sets=mcq_sets, progress=update
             )
         models |= runs
+        lap("sweep")
+    if plan.verify and plan.methods:
+        regimes = _regimes(out, data, model_dir, plan.regimes, mcq_sets, console)
+        lap("regimes")
+        targets = {k: out / "models" / k for k, m in runs.items() if m.get("chosen")}
+        targets |= {k: Path(m["path"]) for k, m in regimes.items()}
+        verified, original_mia = _verify(out, data, model_dir, targets, plan.assess, console)
+        models["original"]["mia"] = original_mia
+        for name, v in verified.items():
+            row = models[name] if name in models else regimes[name]
+            row |= {k: v[k] for k in VERIFY_KEYS} | {"evidence": v["evidence"]}
+        lap("verify")
     metrics = {
         "benchmark": str(data),
         "forget_ratio": FORGET_RATIO,
         "protocol": "loglik",
         "span": "full",
         "models": models,
+        "regimes": regimes,
         "seconds": round(time.time() - t0, 1),
+        "stage_seconds": timings,  # this invocation's wall time per stage (a cached stage costs ~0)
     }
+    metrics = with_notes(metrics)  # null + a note where a metric is undefined
     write_json(out / "metrics.json", metrics)
+    _report(out, data, plan.people, plan.seed, models, runs, regimes, original["rows"])
+    return metrics
 
+
+def _report(
+    out: Path,
+    data: Path,
+    people: int,
+    seed: int,
+    models: dict[str, dict],
+    runs: dict[str, dict],
+    regimes: dict[str, dict],
+    original_rows: list[dict],
+) -> None:
     report = Report("forgetlab demo", f"embedded benchmark, {people} people, forget_{FORGET_RATIO}, seed {seed}")
     chosen = {"original": models["original"]} | {k: m for k, m in runs.items() if m.get("chosen")}
     report.add(
@@ -117,7 +306,50 @@ def run_demo(out: Path, people: int = 100, seed: int = 0, console: Console | Non
             "Trade-off: forgetting the face vs keeping text knowledge and perception",
             figure(tradeoff_plot(runs, models["original"]), "one curve per method, points = learning rates"),
         )
+    verified = {k: m for k, m in chosen.items() if "verdict" in m}
+    if verified:
+        report.add(
+            "Is the forgetting real? Relearning attack, representations, membership inference, verdict",
+            verdict_table(verified)
+            + "<p class='muted'>Relearning: one epoch of fine-tuning on half the forgotten people; recovery = "
+            "(relearned − unlearned) / (original − unlearned), on the relearned and on the held-out half. CKA: "
+            "debiased linear CKA to the original model over the LLM blocks. MIA: ROC-AUC of the LOSS attack, "
+            "forget-set training pairs vs never-trained people (original model: "
+            f"{_auc(models['original'])}; 0.5 = indistinguishable). Hover a verdict for the rule.</p>",
+        )
+        report.add(
+            "Representations per layer: each method's chosen model vs the original",
+            figure(
+                depth_plot({k: m["probe"] for k, m in verified.items()}, "vs the original model"),
+                "solid: unlearned; dashed: after the relearning attack",
+            ),
+        )
+    if any("verdict" in r for r in regimes.values()):
+        rows = {r["title"]: r for r in regimes.values()}
+        report.add(
+            "Reversible or irreversible? The paper's two regimes",
+            verdict_table(rows)
+            + "<p class='muted'>Expected (source paper): "
+            + "; ".join(f"{esc(r['title'])} → {esc(r['expected'])}" for r in regimes.values())
+            + "</p>"
+            + figure(
+                depth_plot({r["title"]: r["probe"] for r in regimes.values()}, "regimes vs the original model"),
+                "solid: unlearned; dashed: after the relearning attack",
+            ),
+        )
+        for name, r in regimes.items():
+            fisher = out / "verify" / name / "probe" / "fisher_hist.png"
+            if fisher.exists():
+                report.add(
+                    f"Fisher information: {r['title']}",
+                    figure(fisher.read_bytes(), "diagonal Fisher per layer: original, unlearned, relearned"),
+                )
+    if runs:
         report.add("Every run (method@learning rate)", metrics_table(runs, baseline=None))
-    report.add("Forgotten people: what the original model answers", example_cards(_examples(data, result.rows)))
+    report.add("Forgotten people: what the original model answers", example_cards(_examples(data, original_rows)))
     report.write(out / "report.html")
-    return metrics
+
+
+def _auc(model: dict) -> str:
+    auc = ((model.get("mia") or {}).get("vqa") or {}).get("loss")
+    return "n/a" if auc is None else f"{auc:.2f}"

@@ -10,7 +10,10 @@ Two estimators (SPEC §2):
   Fisher, one forward+backward per example (slower, less biased by batch composition).
 
 Accumulation happens in fp32 on the parameters' device; nothing is copied to the host
-per batch.
+per batch. With a :class:`~forgetlab.dist.shard.Shard` of several processes, each process takes every
+N-th batch and the sums of squares are all-reduced once at the end: the result equals the
+one-process importance up to float summation order (batches are never split, so each squared
+batch gradient is exactly the one-process one).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import torch
 from torch import nn
 
 from forgetlab.data.collate import Encoded, collate
+from forgetlab.dist.shard import Shard
 
 Estimator = Literal["batch", "example"]
 ESTIMATORS: tuple[str, ...] = ("batch", "example")
@@ -46,11 +50,13 @@ def fisher_importance(
     estimator: Estimator = "batch",
     batch_size: int = 8,
     loss_fn: Callable[[nn.Module, dict], torch.Tensor] = answer_nll,
+    shard: Shard | None = None,
 ) -> dict[str, torch.Tensor]:
     """Diagonal Fisher of ``loss_fn`` over ``examples`` for each parameter named in ``params``.
 
     Gradients of other parameters are not computed (``requires_grad`` is switched off for
-    the pass and restored afterwards).
+    the pass and restored afterwards). ``shard`` splits the batches over processes (module doc);
+    every process must call this with the same arguments, and gets the same result.
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown importance estimator {estimator!r}; choose one of {list(ESTIMATORS)}")
@@ -65,27 +71,36 @@ def fisher_importance(
         p.requires_grad_(n in params)
     acc = {n: torch.zeros_like(named[n], dtype=torch.float32) for n in params}
     size = 1 if estimator == "example" else batch_size
-    n_terms = 0
+    shard = shard or Shard()
+    starts = range(0, len(examples), size)
+    bad: int | None = None  # first batch with a non-finite loss: every process raises, after the collective
     was_training = model.training
     model.eval()  # no dropout: importance of the model as it is
     try:
-        for k in range(0, len(examples), size):
+        for k in shard.strided(starts):
             batch = collate(examples[k : k + size], pad_id)
             model.zero_grad(set_to_none=True)
             loss = loss_fn(model, batch)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss while estimating importance (batch starting at {k})")
+                bad = k
+                break
             loss.backward()
             for n in params:
                 g = named[n].grad
                 if g is not None:
                     acc[n].addcmul_(g.float(), g.float())
-            n_terms += 1
     finally:
         model.zero_grad(set_to_none=True)
         for n, p in named.items():
             p.requires_grad_(saved[n])
         model.train(was_training)
+    failed = torch.tensor([int(bad is not None)], device=shard.device)
+    shard.all_sum([failed])
+    if failed.item():
+        where = f"batch starting at {bad}" if bad is not None else "in another process's batches"
+        raise FloatingPointError(f"non-finite loss while estimating importance ({where})")
+    names = sorted(acc)  # the same order on every process
+    shard.all_sum([acc[n] for n in names])
     for t in acc.values():
-        t.div_(n_terms)
+        t.div_(len(starts))
     return acc

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
@@ -43,6 +43,14 @@ def importance_ratio_mask(
         raise ValueError(f"gamma must be >= 0, got {gamma}")
     if set(i_forget) != set(i_preserve):
         raise ValueError("forget and preserve importance cover different parameters")
+    for which, importance in (("forget", i_forget), ("preserve", i_preserve)):
+        for n, t in importance.items():
+            bad = int((~torch.isfinite(t)).sum())
+            if bad:
+                raise MaskError(
+                    f"{which} importance of {n} holds {bad} NaN/inf value(s): the model's gradients are not finite "
+                    "(overflow in low precision, or a diverged model); no mask can be derived from them"
+                )
     masks = {n: (f >= gamma * i_preserve[n]) & (f > 0) for n, f in i_forget.items()}
     if top_k is None:
         return masks
@@ -88,15 +96,25 @@ class Mask:
             save_file(tensors, str(tmp), metadata=meta)
 
     @classmethod
-    def load(cls, path: str | Path) -> Mask:
+    def load(cls, path: str | Path, *, header_only: bool = False) -> Mask:
+        """Read a ``.safetensors`` mask; anything else (e.g. a pickled ``.pt``) is refused, never unpickled.
+
+        ``header_only``: check the file and read its metadata, not the tensors (a fast early check).
+        """
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"mask file {path} does not exist")
         tensors = {}
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            for k in f.keys():
-                tensors[k] = f.get_tensor(k).to(torch.bool)
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                for k in [] if header_only else f.keys():
+                    tensors[k] = f.get_tensor(k).to(torch.bool)
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise MaskError(
+                f"{path} is not a readable safetensors mask ({' '.join(str(exc).split())[:200]}); forgetlab reads "
+                "masks as safetensors only and never unpickles .pt/.bin files"
+            ) from None
         return cls(tensors, meta)
 
     def validate(self, model: nn.Module) -> None:

@@ -65,6 +65,11 @@ def choose(rows: dict[str, dict], target_forget_vqa: float = 0.40) -> str:
     return min(rows, key=lambda k: rows[k].get("forget_vqa_acc") or 1.0)
 
 
+def _mask_of(run: Path) -> Path | None:
+    path = run / "mask.safetensors"
+    return path if path.exists() else None
+
+
 def run_sweep(
     original: Path,
     data: Path,
@@ -87,16 +92,19 @@ def run_sweep(
     results: dict[str, dict] = {}
     for sw in sweep:
         per_method: dict[str, dict] = {}
+        shared_mask: Path | None = None  # a mask (MMUnlearner, SalUn) does not depend on the LR: compute it once
         for lr in sw.lrs:
             name = run_name(sw, lr)
             out = models_dir / name
             cached = out / "eval.json"
             if cached.exists() and (out / "unlearn.json").exists():
                 per_method[name] = json.loads(cached.read_text())
+                shared_mask = shared_mask or _mask_of(out)
                 continue
             if on_run:
                 on_run(name)
-            cfg = UnlearnConfig(method=sw.method, lr=lr, forget_ratio=forget_ratio, **(COMMON | sw.overrides))
+            overrides = COMMON | sw.overrides | ({"mask": str(shared_mask)} if shared_mask else {})
+            cfg = UnlearnConfig(method=sw.method, lr=lr, forget_ratio=forget_ratio, **overrides)
             info = unlearn(original, data, out, cfg, progress=progress)
             model, processor = load(out)
             metrics = evaluate(
@@ -105,6 +113,7 @@ def run_sweep(
             metrics |= {"method": sw.method, "lr": lr, "train_seconds": info["timings"].get("train_s")}
             write_json(cached, metrics)
             per_method[name] = metrics
+            shared_mask = shared_mask or _mask_of(out)
         best = choose(per_method)
         for name, m in per_method.items():
             results[name] = m | {"chosen": name == best}

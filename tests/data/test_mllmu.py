@@ -309,3 +309,39 @@ def test_bad_type_and_missing_image_for_image_question(tmp_path: Path) -> None:
     write(tmp_path / "b" / "Full_Set", [row])
     with pytest.raises(DataError, match=r"ID 'P006': image-text question but the row has no image"):
         load_split(tmp_path / "b", "Full_Set")
+
+
+# --------------------------------------------------------------------------- every split and the evaluation protocol
+
+
+@pytest.mark.parametrize("ratio", [5, 10, 15])
+def test_every_forget_ratio_partitions_full_set_and_eval_protocol(bench: Path, ratio: int) -> None:
+    """forget_r / retain_(100-r) partition Full_Set; evaluation: forget = forget_r, test = Test_Set restricted
+    to forget_r's IDs (new images), retain = retain_(100-r), realworld = Retain_Set."""
+    from forgetlab.eval.runner import load_eval_sets
+
+    full = split_ids(bench, "Full_Set")
+    forget, retain = split_ids(bench, f"forget_{ratio}"), split_ids(bench, f"retain_{100 - ratio}")
+    assert len(forget) == round(PEOPLE * ratio / 100)
+    assert sorted(forget + retain) == sorted(full) and not set(forget) & set(retain)
+    sets = load_eval_sets(bench, ratio, ("forget", "test", "retain", "realworld"))
+    assert {s.split for s in sets["forget"]} == {f"forget_{ratio}"}
+    assert {s.person_id for s in sets["test"]} == set(forget) and {s.split for s in sets["test"]} == {"Test_Set"}
+    assert {s.person_id for s in sets["retain"]} == set(retain)
+    assert {s.person_id for s in sets["realworld"]} == set(split_ids(bench, "Retain_Set"))
+    assert len(load_training(bench, f"forget_{ratio}")) == len(forget) * (TRAIN_VIEWS * (1 + N_ATTR) + N_ATTR)
+
+
+def test_metadata_as_nested_list_of_structs(tmp_path: Path) -> None:
+    """baseline_train_split rows may store ``metadata`` as a nested list of {Question, Answer} structs."""
+    pairs = [{"Question": "Who is this?", "Answer": "Ann Lee"}, {"Question": "Born where?", "Answer": "Rome"}]
+    write(
+        tmp_path / "train_split" / "forget_5",
+        [{"image": {"bytes": png(), "path": "a.png"}, "ID": 3, "metadata": pairs}],
+    )
+    write(tmp_path / "forget_5", [profile_row("3")])
+    samples = load_training(tmp_path, "forget_5")
+    assert [(s.question, s.answer, s.person_id, s.modality) for s in samples] == [
+        ("Who is this?", "Ann Lee", "3", "vqa"),
+        ("Born where?", "Rome", "3", "vqa"),
+    ]

@@ -105,7 +105,7 @@ def test_same_seed_gives_identical_bytes_and_other_seed_differs(small: Path, tmp
 
 
 def test_exact_schema_of_every_split(small: Path) -> None:
-    expected = {split: PROFILE for split in SPLITS} | {"Test_Set": TEST, "ft_Data": FT}
+    expected = {split: PROFILE for split in SPLITS} | {"Test_Set": TEST, "ft_Data": FT, "Holdout_Set": FT}
     for split, schema in expected.items():
         actual = pq.read_schema(small / split / "train-00000-of-00001.parquet")
         assert actual.remove_metadata().equals(schema), f"{split}: {actual}"
@@ -124,6 +124,10 @@ def test_split_nesting_complement_and_ids(small: Path) -> None:
         assert not set(ids[f"forget_{r}"]) & set(ids[f"retain_{100 - r}"])
     assert ids["Perception_Set"] == [f"perc_{i:04d}" for i in range(8)]
     assert ids["World_Set"] == [f"world_{i:03d}" for i in range(40)]
+    # holdout people: their own IDs, in no other split, never in the fine-tuning data
+    held = sorted(set(ids["Holdout_Set"]))
+    assert held == [f"H{i:03d}" for i in range(10)]
+    assert not set(held) & {i for split, v in ids.items() if split != "Holdout_Set" for i in v}
     # forget rows are the Full_Set rows themselves
     full_rows = {r["ID"]: r for r in rows(small, "Full_Set")}
     for r in rows(small, "forget_15"):
@@ -137,6 +141,8 @@ def test_identities_unique_and_two_features_apart(small: Path) -> None:
     bios = [json.loads(r["biography"]) for r in rows(small, "Full_Set") + rows(small, "Retain_Set")]
     names = [b["Name"] for b in bios]
     assert len(set(names)) == len(names) == 25
+    held = {json.loads(r["metadata"])[0]["Question"] for r in rows(small, "Holdout_Set") if r["image"] is None}
+    assert not any(n.split()[0] in q for n in names for q in held), "holdout people reuse a benchmark name"
     assert all(len(n.split()) == 2 for n in names)
     faces = [FaceFeatures(**b["Appearance"]) for b in bios]
     assert min(feature_distance(a, b) for a, b in itertools.combinations(faces, 2)) >= 2
@@ -275,6 +281,7 @@ def test_default_size_counts_time_and_vocabulary(default: tuple[Path, float]) ->
         "ft_Data": 120 * (4 + 1) + 200 + 40,
         "Perception_Set": 60,
         "World_Set": 40,
+        "Holdout_Set": 10 * (4 + 1),
     }
     words: set[str] = set()
     letters: Counter[str] = Counter()

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from forgetlab.data.collate import collate
+from forgetlab.data.mllmu import load_training
 from forgetlab.data.schema import Sample
 from forgetlab.eval.mia_runner import (
     answer_token_stats,
@@ -129,3 +130,15 @@ def test_benchmark_holdout(small_bench):
     assert {s.question for s in members} & {s.question for s in nonmembers}  # same templates
     with pytest.raises(ValueError, match="forget_10"):
         benchmark_mia_sets(small_bench, 10, ["P006"])
+
+
+def test_embedded_holdout_set_is_the_default_nonmember_set(small_bench):
+    members, nonmembers = benchmark_mia_sets(small_bench, 10)
+    held = {s.person_id for s in nonmembers}
+    assert held and all(p.startswith("H") for p in held)
+    ft_people = {s.person_id for s in load_training(small_bench, "ft_Data")}
+    assert not held & ft_people  # never fine-tuned on: true non-members
+    assert {s.modality for s in nonmembers} == {"vqa", "qa"}
+    assert {s.question for s in members if s.modality == "vqa"} == {
+        s.question for s in nonmembers if s.modality == "vqa"
+    }  # same question templates as the members

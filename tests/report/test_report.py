@@ -49,3 +49,20 @@ def test_tradeoff_plot_is_a_png():
     }
     png = tradeoff_plot(runs, {"forget_vqa_acc": 0.95, "forget_qa_acc": 0.95, "retain_vqa_acc": 0.95})
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_verdict_table_and_depth_plot():
+    from forgetlab.demo import verdict_table
+    from forgetlab.report.plots import depth_plot
+
+    curves = {"layers": ["language.0", "language.1"], "cka": [0.99, None], "pca_similarity": [0.9, 0.5]}
+    curves |= {"pca_shift": [0.1, 2.0], "relearned": {"cka": [1.0, 0.9], "pca_similarity": [1, 1], "pca_shift": [0, 0]}}
+    row = {
+        "forget_vqa_acc": 0.3, "retain_vqa_acc": 0.8, "verdict": EVIL, "verdict_rule": EVIL, "probe": curves,
+        "relearn": {"recovery": {"headline": {"relearned_people": 0.9, "held_out_people": 0.2}}},
+        "mia": {"vqa": {"loss": 0.61}}, "evidence": {"cka_median": 0.95},
+    }  # fmt: skip
+    html = verdict_table({EVIL: row, "unverified": {"forget_vqa_acc": 1.0}})
+    assert "<script>" not in html and html.count("<tr>") == 2  # header + the verified model only
+    assert all(x in html for x in ("0.300", "0.200", "0.900", "0.610", "0.950", "0.990"))
+    assert depth_plot({"m": curves}, "t")[:8] == b"\x89PNG\r\n\x1a\n"

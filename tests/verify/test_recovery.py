@@ -42,7 +42,7 @@ def test_recovery_undefined_is_none_never_nan(orig, unl, rel) -> None:
     assert recovery(orig, unl, rel) is None
 
 
-def test_recoveries_headline_is_the_mean_of_defined_values() -> None:
+def test_recoveries_headline_pools_the_lost_accuracy() -> None:
     def part(v: float | None, q: float | None, t: float | None) -> dict:
         return {"forget_vqa_acc": v, "forget_qa_acc": q, "test_vqa_acc": t}
 
@@ -53,7 +53,14 @@ def test_recoveries_headline_is_the_mean_of_defined_values() -> None:
     out = recoveries(orig, unl, rel)
     assert out["relearned_people"] == pytest.approx({"forget_vqa_acc": 1.0, "forget_qa_acc": 0.5, "test_vqa_acc": 0.0})
     assert out["held_out_people"] == {"forget_vqa_acc": pytest.approx(0.5), "forget_qa_acc": None, "test_vqa_acc": None}
+    # relearned: (0.8 + 0.4 + 0.0) / (0.8 + 0.8 + 0.8); held out: only forget VQA is defined
     assert out["headline"] == pytest.approx({"relearned_people": 0.5, "held_out_people": 0.5})
+    # pooled, not averaged: a 0.05 drop that did not come back barely moves a 0.6 one that did
+    unl["held_out_people"] = part(0.1, 0.45, 0.5)
+    rel["held_out_people"] = part(0.9, 0.45, None)
+    out = recoveries(orig, unl, rel)
+    assert out["held_out_people"]["forget_qa_acc"] == pytest.approx(0.0)
+    assert out["headline"]["held_out_people"] == pytest.approx(0.8 / 0.85)
     assert out["retain"] == {"retain_vqa_acc": None, "retain_qa_acc": None}
 
 

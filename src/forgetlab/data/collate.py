@@ -64,10 +64,37 @@ def _encode_text(processor, text: str, image) -> dict[str, torch.Tensor]:
     return {k: v for k, v in enc.items()}
 
 
+#: prompt of models without a chat template (base LMs, e.g. TOFU's Phi-1.5): TOFU's plain QA format.
+PLAIN_PROMPT = "Question: {question}\nAnswer:"
+
+
+def has_chat_template(processor) -> bool:
+    """True when the processor (or its tokenizer) carries a chat template."""
+    return bool(getattr(processor, "chat_template", None) or getattr(_tokenizer(processor), "chat_template", None))
+
+
+def _plain(question: str, has_image: bool) -> str:
+    if has_image:
+        raise ValueError("the processor has no chat template, so there is no place for the image in the prompt")
+    return PLAIN_PROMPT.format(question=question)
+
+
 def render_prompt(processor, question: str, has_image: bool) -> str:
-    """Prompt text up to (and including) the assistant's turn marker."""
+    """Prompt text up to (and including) the assistant's turn marker (:data:`PLAIN_PROMPT` without a template)."""
+    if not has_chat_template(processor):
+        return _plain(question, has_image)
     messages = chat_messages(question, has_image)
     return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def render_conversation(processor, question: str, has_image: bool, answer: str) -> str:
+    """Prompt and answer (with the end-of-turn marker; EOS after :data:`PLAIN_PROMPT`)."""
+    if not has_chat_template(processor):
+        eos = _tokenizer(processor).eos_token or ""
+        return f"{_plain(question, has_image)} {answer}{eos}"
+    return processor.apply_chat_template(
+        chat_messages(question, has_image, answer), tokenize=False, add_generation_prompt=False
+    )
 
 
 @dataclass
@@ -122,9 +149,7 @@ def encode(
     answer = sample.answer if answer is None else answer
     has_image = sample.image is not None
     prompt = render_prompt(processor, question, has_image)
-    full = processor.apply_chat_template(
-        chat_messages(question, has_image, answer), tokenize=False, add_generation_prompt=False
-    )
+    full = render_conversation(processor, question, has_image, answer)
     enc = _encode_text(processor, full.rstrip("\n"), sample.image)
     n_prompt = _encode_text(processor, prompt, sample.image)["input_ids"].shape[1]
     ids = enc["input_ids"][0]

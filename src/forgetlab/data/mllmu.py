@@ -10,6 +10,12 @@ sorted order); ``Classification_Task`` / ``Generation_Task`` / ``Mask_Task`` /
 ``metadata`` / ``biography`` stored as nested structs or as JSON strings; ``Options`` as a
 struct, a dict, a JSON string or a list; non-string ``ID`` values (turned into strings);
 training rows with ``question``/``answer`` columns instead of ``metadata``.
+
+Untrusted input: images are decoded from their embedded bytes only (the ``path`` field of an
+image struct is never opened), with a pixel limit checked from the header before decoding. An
+evaluation split holds one row per ID: an exact duplicate row is skipped and reported with a
+:class:`DataWarning`, a conflicting one is an error; ``forget_N`` and ``retain_{100-N}`` must
+share no ID.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from forgetlab.data.schema import FT_SPLIT, Modality, Sample, Task
+from forgetlab.data.schema import FT_SPLIT, HOLDOUT_SPLIT, Modality, Sample, Task
 
 #: refuse images with more pixels than this (decompression bombs, wrong files).
 MAX_IMAGE_PIXELS = 4096 * 4096
@@ -44,6 +50,10 @@ _MCQ_LISTS: dict[str, Modality] = {"Image_Textual_Questions": "vqa", "Pure_Text_
 
 class DataError(ValueError):
     """Malformed or missing benchmark data; the message names split, column, file and row ID."""
+
+
+class DataWarning(UserWarning):
+    """Rows a loader skipped (counted and named in the message)."""
 
 
 # --------------------------------------------------------------------------- folders
@@ -66,6 +76,14 @@ def available_splits(root: Path | str) -> list[str]:
     return sorted(p.name for p in base.iterdir() if p.is_dir() and _parquet_files(p))
 
 
+def _columns(path: Path, split: str) -> list[str]:
+    """Column names of a parquet file, or a DataError naming the split and file."""
+    try:
+        return list(pq.ParquetFile(path).schema_arrow.names)
+    except (OSError, pa.ArrowException) as exc:
+        raise DataError(f"split {split!r}: cannot read parquet file {path}: {exc}") from exc
+
+
 def _split_files(base: Path, split: str) -> list[Path]:
     """The parquet files of one split folder, or a DataError listing the available splits."""
     if not split or "/" in split or "\\" in split or split in (".", ".."):
@@ -84,10 +102,7 @@ def _read(files: Sequence[Path], split: str, required: Sequence[str]) -> dict[st
     """Read the named columns of every file of a split into python lists (concatenated)."""
     data: dict[str, list[Any]] = {}
     for path in files:
-        try:
-            names = pq.ParquetFile(path).schema_arrow.names
-        except (OSError, pa.ArrowException) as exc:
-            raise DataError(f"split {split!r}: cannot read parquet file {path}: {exc}") from exc
+        names = _columns(path, split)
         missing = [c for c in required if c not in names]
         if missing:
             raise DataError(
@@ -118,6 +133,53 @@ def split_ids(root: Path | str, split: str) -> list[str]:
     base = _root(root)
     data = _read(_split_files(base, split), split, ["ID"])
     return list(dict.fromkeys(_ids(data["ID"], split)))
+
+
+_PAIRED = re.compile(r"(forget|retain)_(\d+)")
+
+
+def check_disjoint(base: Path, split: str) -> None:
+    """``forget_N`` and ``retain_{100-N}`` under ``base`` share no ID (a DataError naming them otherwise)."""
+    m = _PAIRED.fullmatch(split)
+    if m is None:
+        return
+    partner = f"{'retain' if m.group(1) == 'forget' else 'forget'}_{100 - int(m.group(2))}"
+    if not (base / split).is_dir() or not (base / partner).is_dir() or not _parquet_files(base / partner):
+        return
+    try:
+        theirs = set(split_ids(base, partner))
+    except DataError:
+        return  # a broken partner is reported when it is loaded itself
+    both = set(split_ids(base, split)) & theirs
+    if both:
+        raise DataError(
+            f"splits {split!r} and {partner!r} under {base} share {len(both)} ID(s), e.g. {sorted(both)[:5]}: "
+            "a person cannot be both forgotten and retained"
+        )
+
+
+def _unique_rows(data: dict[str, list[Any]], row_ids: list[str], split: str) -> list[int]:
+    """Row indices with each ID once: exact duplicates skipped (DataWarning), conflicting ones a DataError."""
+    first: dict[str, int] = {}
+    keep: list[int] = []
+    skipped: list[str] = []
+    for i, pid in enumerate(row_ids):
+        j = first.setdefault(pid, i)
+        if j == i:
+            keep.append(i)
+        elif all(values[i] == values[j] for values in data.values()):
+            skipped.append(pid)
+        else:
+            raise DataError(
+                f"split {split!r}: ID {pid!r} appears in rows {j} and {i} with different content; "
+                "an evaluation split holds one row per ID"
+            )
+    if skipped:
+        warnings.warn(
+            DataWarning(f"split {split!r}: {len(skipped)} exact duplicate row(s) skipped, IDs {skipped[:5]}"),
+            stacklevel=3,
+        )
+    return keep
 
 
 # --------------------------------------------------------------------------- values
@@ -164,6 +226,8 @@ def _maybe_json(value: Any, split: str, column: str, pid: str) -> Any:
             return json.loads(value)
         except ValueError as exc:
             raise DataError(f"{_at(split, column, pid)}: malformed JSON ({exc})") from exc
+        except RecursionError:
+            raise DataError(f"{_at(split, column, pid)}: JSON nested too deeply") from None
     return value
 
 
@@ -255,13 +319,14 @@ def load_split(
         raise ValueError(f"unknown task {unknown[0]!r}; valid tasks: {', '.join(TASK_COLUMNS)}")
     base = _root(root)
     files = _split_files(base, split)
-    names = pq.ParquetFile(files[0]).schema_arrow.names
+    check_disjoint(base, split)
+    names = _columns(files[0], split)
     image_column = "images" if "images" in names else "image"
     columns = ["ID", image_column, *(TASK_COLUMNS[t] for t in dict.fromkeys(tasks))]
     data = _read(files, split, columns)
     row_ids = _ids(data["ID"], split)
 
-    keep = range(len(row_ids))
+    keep = _unique_rows(data, row_ids, split)
     if ids is not None:
         wanted = [str(i) for i in ids]
         present = set(row_ids)
@@ -269,7 +334,7 @@ def load_split(
         if missing:
             raise DataError(f"split {split!r}: {len(missing)} requested ID(s) not in the split: {missing[:10]}")
         wanted_set = set(wanted)
-        keep = [i for i, pid in enumerate(row_ids) if pid in wanted_set]
+        keep = [i for i in keep if row_ids[i] in wanted_set]
 
     samples: list[Sample] = []
     for i in keep:
@@ -362,16 +427,19 @@ def load_biographies(root: Path | str, split: str) -> dict[str, dict[str, Any]]:
 def load_training(root: Path | str, split: str) -> list[Sample]:
     """Fine-tuning samples (task ``"train"``) of a split, one per ``{Question, Answer}`` pair.
 
-    ``"ft_Data"`` reads that folder. Any other split name (``"forget_10"``, ``"retain_90"``,
+    ``"ft_Data"`` and ``"Holdout_Set"`` (the embedded benchmark's never-trained people) read
+    that folder. Any other split name (``"forget_10"``, ``"retain_90"``,
     ``"Retain_Set"``, ...) reads ``root/train_split/<split>/`` when it exists (the real
     MLLMU ``baseline_train_split`` layout) and otherwise keeps the ``ft_Data`` rows whose
     ID belongs to that split. Rows with an image give ``"vqa"`` samples, rows with a null
     image ``"qa"`` samples.
     """
     base = _root(root)
-    if split == FT_SPLIT:
-        return _training_rows(base, FT_SPLIT, FT_SPLIT, None)
+    if split in (FT_SPLIT, HOLDOUT_SPLIT):
+        return _training_rows(base, split, split, None)
+    check_disjoint(base, split)
     if (base / TRAIN_SPLIT_DIR / split).is_dir():
+        check_disjoint(base / TRAIN_SPLIT_DIR, split)
         return _training_rows(base / TRAIN_SPLIT_DIR, split, split, None)
     wanted = set(split_ids(base, split))
     samples = _training_rows(base, FT_SPLIT, split, wanted)
@@ -382,7 +450,7 @@ def load_training(root: Path | str, split: str) -> list[Sample]:
 
 def _training_rows(base: Path, folder: str, split: str, wanted: set[str] | None) -> list[Sample]:
     files = _split_files(base, folder)
-    names = pq.ParquetFile(files[0]).schema_arrow.names
+    names = _columns(files[0], folder)
     if "metadata" in names or not {"question", "answer"} <= set(names):
         data = _read(files, folder, ["ID", "image", "metadata"])
     else:  # newer exports: one question/answer pair per row

@@ -35,6 +35,9 @@ FT_SPLIT = "ft_Data"
 #: extra splits of the embedded benchmark (same Classification_Task schema):
 #: generic visual perception (non-person images) and text-only world knowledge.
 EXTRA_SPLITS: tuple[str, ...] = ("Perception_Set", "World_Set")
+#: training-format split (like ``ft_Data``) of people who are in no other split and never
+#: trained on: the non-members of membership-inference attacks (TOFU's "holdout" idea).
+HOLDOUT_SPLIT = "Holdout_Set"
 
 
 def forget_split(ratio: int) -> str:

@@ -57,12 +57,13 @@ from forgetlab.data.schema import (
     EXTRA_SPLITS,
     FORGET_RATIOS,
     FT_SPLIT,
+    HOLDOUT_SPLIT,
     forget_split,
     retain_split,
 )
 
 #: bump when the generated content changes for the same arguments.
-VERSION = 2
+VERSION = 3
 MARKER = "forgetlab_synth.json"
 GENERATOR = "forgetlab.data.synth"
 PARQUET_NAME = "train-00000-of-00001.parquet"
@@ -238,7 +239,7 @@ TEST_SCHEMA = pa.schema(
 FT_SCHEMA = pa.schema([("image", IMAGE_TYPE), ("ID", pa.string()), ("metadata", pa.string())])
 
 #: every split folder the generator writes, in writing order.
-SPLITS: tuple[str, ...] = (*EVAL_SPLITS, FT_SPLIT, *EXTRA_SPLITS)
+SPLITS: tuple[str, ...] = (*EVAL_SPLITS, FT_SPLIT, *EXTRA_SPLITS, HOLDOUT_SPLIT)
 
 # --------------------------------------------------------------------------- people
 
@@ -287,11 +288,14 @@ def _pick_faces(rng: np.random.Generator, n: int, min_distance: int = 2) -> list
     return [combos[i] for i in chosen]
 
 
-def build_people(people: int, celebrities: int, seed: int) -> tuple[list[Person], list[Person]]:
-    """The fictitious people and the celebrities of a benchmark (pure function of the args)."""
-    total = people + celebrities
+def build_people(
+    people: int, celebrities: int, seed: int, holdout: int = 0
+) -> tuple[list[Person], list[Person], list[Person]]:
+    """The fictitious people, the celebrities and the holdout people of a benchmark (pure function
+    of the args). Holdout people are drawn last, so adding them leaves the others unchanged."""
+    total = people + celebrities + holdout
     if total > len(FIRST_NAMES):
-        raise ValueError(f"at most {len(FIRST_NAMES)} people + celebrities are supported, got {total}")
+        raise ValueError(f"at most {len(FIRST_NAMES)} people + celebrities + holdout people are supported, got {total}")
     name_rng = _rng(seed, _S_NAMES)
     firsts = [FIRST_NAMES[i] for i in name_rng.permutation(len(FIRST_NAMES))[:total]]
     names = [f"{first} {LAST_NAMES[name_rng.integers(len(LAST_NAMES))]}" for first in firsts]
@@ -301,10 +305,13 @@ def build_people(people: int, celebrities: int, seed: int) -> tuple[list[Person]
     out: list[Person] = []
     for k in range(total):
         profile = {attr: str(values[prof_rng.integers(len(values))]) for attr, values in ATTRIBUTES.items()}
-        celeb = k >= people
-        pid = f"C{k - people:0{width}d}" if celeb else f"P{k:0{width}d}"
+        celeb = people <= k < people + celebrities
+        if k >= people + celebrities:
+            pid = f"H{k - people - celebrities:0{width}d}"
+        else:
+            pid = f"C{k - people:0{width}d}" if celeb else f"P{k:0{width}d}"
         out.append(Person(pid, names[k], profile, faces[k], celeb))
-    return out[:people], out[people:]
+    return out[:people], out[people : people + celebrities], out[people + celebrities :]
 
 
 def forget_ids(people: Sequence[Person], seed: int) -> dict[int, list[str]]:
@@ -467,13 +474,17 @@ def write_benchmark(
     *,
     perception_train: int = 200,
     perception_test: int = 60,
+    holdout: int = 10,
 ) -> Path:
     """Generate the synthetic benchmark into ``out`` (MLLMU-Bench layout) and return ``out``.
 
     Written to a temporary sibling folder and moved into place at the end. An existing
     previous benchmark at ``out`` is replaced; any other non-empty folder is refused.
     ``perception_train``/``perception_test`` are the numbers of perception images in
-    ``ft_Data`` and ``Perception_Set`` (half shape scenes, half random faces).
+    ``ft_Data`` and ``Perception_Set`` (half shape scenes, half random faces). ``holdout``
+    people (IDs ``H...``) appear only in ``Holdout_Set``, in ``ft_Data``'s training format: a
+    model fine-tuned on ``ft_Data`` never saw them, so they are membership inference's
+    non-members.
     """
     out = Path(out)
     if seed < 0:
@@ -488,9 +499,11 @@ def write_benchmark(
         raise ValueError(
             f"perception_train and perception_test must be >= 2, got {perception_train} and {perception_test}"
         )
+    if holdout < 1:
+        raise ValueError(f"holdout must be >= 1 (membership inference needs non-members), got {holdout}")
     _check_target(out)
 
-    fictitious, celebs = build_people(people, celebrities, seed)
+    fictitious, celebs, held = build_people(people, celebrities, seed, holdout)
     forget = forget_ids(fictitious, seed)
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -500,7 +513,7 @@ def write_benchmark(
     tmp.mkdir()
     try:
         counts = _generate(
-            tmp, fictitious, celebs, forget, seed, train_views, test_views, perception_train, perception_test
+            tmp, fictitious, celebs, held, forget, seed, train_views, test_views, perception_train, perception_test
         )
         marker = {
             "generator": GENERATOR,
@@ -508,6 +521,7 @@ def write_benchmark(
             "seed": seed,
             "people": people,
             "celebrities": celebrities,
+            "holdout": holdout,
             "train_views": train_views,
             "test_views": test_views,
             "perception_train": perception_train,
@@ -541,6 +555,7 @@ def _generate(
     tmp: Path,
     fictitious: list[Person],
     celebs: list[Person],
+    held: list[Person],
     forget: dict[int, list[str]],
     seed: int,
     train_views: int,
@@ -589,7 +604,7 @@ def _generate(
         )
 
     # random faces for perception: never a benchmark person's exact face, distinct images.
-    used = {p.features for p in (*fictitious, *celebs)}
+    used = {p.features for p in (*fictitious, *celebs, *held)}
     free = [f for f in all_feature_combinations() if f not in used]
     n_train_faces, n_test_faces = perception_train // 2, perception_test // 2
     face_idx = _rng(seed, _S_PERC, 0).permutation(len(free))[: n_train_faces + n_test_faces]
@@ -597,15 +612,20 @@ def _generate(
     perc_train = _perception_items(seed, perception_train, "perctrain", 1, faces[:n_train_faces])
     perc_test = _perception_items(seed, perception_test, "perc", 2, faces[n_train_faces:])
 
-    ft_rows: list[dict[str, object]] = []
-    for k, person in enumerate((*fictitious, *celebs)):
+    def training_rows(k: int, person: Person) -> list[dict[str, object]]:
         rng = _rng(seed, _S_TRAIN_VIEW, k)
         vqa = json.dumps(_person_vqa(person))
-        ft_rows.append({"image": canonical[person.id], "ID": person.id, "metadata": vqa})
+        first = canonical.get(person.id) or _png(render_portrait(person.features, RenderView()), f"{person.id}.png")
+        rows = [{"image": first, "ID": person.id, "metadata": vqa}]
         for v in range(1, train_views):
             image = _png(render_portrait(person.features, random_view(rng)), f"{person.id}_train{v}.png")
-            ft_rows.append({"image": image, "ID": person.id, "metadata": vqa})
-        ft_rows.append({"image": None, "ID": person.id, "metadata": json.dumps(_person_qa(person))})
+            rows.append({"image": image, "ID": person.id, "metadata": vqa})
+        rows.append({"image": None, "ID": person.id, "metadata": json.dumps(_person_qa(person))})
+        return rows
+
+    ft_rows: list[dict[str, object]] = []
+    for k, person in enumerate((*fictitious, *celebs)):
+        ft_rows += training_rows(k, person)
     for item in perc_train:
         pairs = [{"Question": q, "Answer": a} for q, a, _ in item.qa]
         ft_rows.append({"image": _png(item.image, f"{item.id}.png"), "ID": item.id, "metadata": json.dumps(pairs)})
@@ -613,6 +633,9 @@ def _generate(
         pairs = [{"Question": question, "Answer": answer}]
         ft_rows.append({"image": None, "ID": f"world_{k:03d}", "metadata": json.dumps(pairs)})
     counts[FT_SPLIT] = _write(tmp, FT_SPLIT, ft_rows, FT_SCHEMA)
+    first = len(fictitious) + len(celebs)
+    held_rows = [row for j, person in enumerate(held) for row in training_rows(first + j, person)]
+    counts[HOLDOUT_SPLIT] = _write(tmp, HOLDOUT_SPLIT, held_rows, FT_SCHEMA)
 
     perc_rows = []
     perc_mcq_rng = _rng(seed, _S_MCQ, 1)

@@ -10,8 +10,9 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -43,10 +44,70 @@ def _chunks(items: Sequence, size: int):
         yield items[k : k + size]
 
 
+def _to_model(model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The batch on the model's device (a GPU model gets GPU inputs), floating inputs (pixels) in its dtype."""
+    param = next(model.parameters())
+    return {
+        k: v.to(param.device, param.dtype) if v.is_floating_point() else v.to(param.device) for k, v in batch.items()
+    }
+
+
 def _answer_suffix_len(processor, sample: Sample) -> int:
     """Tokens the chat template appends after an answer (end-of-turn markers)."""
-    e = encode(processor, sample, answer="")
+    e = encode(processor, replace(sample, image=None), answer="")
     return len(e.input_ids) - e.prompt_len
+
+
+def _fingerprint(processor) -> str:
+    """Identity of a processor's text side (vocabulary + chat template), shared by equal copies.
+
+    Every model folder of a run holds its own copy of the same tokenizer; keying the option
+    plans by this fingerprint lets all of them share one plan per question.
+    """
+    tok = getattr(processor, "tokenizer", processor)
+    key = id(tok)
+    if key not in _FINGERPRINTS or _FINGERPRINTS[key][0] is not tok:
+        backend = getattr(tok, "backend_tokenizer", None)
+        text = backend.to_str() if backend is not None else repr(sorted(tok.get_vocab().items()))
+        template = getattr(processor, "chat_template", None) or getattr(tok, "chat_template", None) or ""
+        digest = hashlib.sha256((text + "\0" + str(template)).encode()).hexdigest()
+        _FINGERPRINTS[key] = (tok, digest)
+    return _FINGERPRINTS[key][1]
+
+
+_FINGERPRINTS: dict[int, tuple[object, str]] = {}
+_PLANS: dict[tuple, dict[str, int] | None] = {}
+_MAX_PLANS = 200_000
+
+
+def option_tokens(processor, sample: Sample) -> dict[str, int] | None:
+    """``{letter: token id}`` when every option is one distinct token right after the prompt, else None.
+
+    Decided on the text alone (the image only adds placeholder tokens before the answer, which
+    cannot change how the answer is tokenised), and memoised per tokenizer fingerprint and
+    question: the plan is the same for every model evaluated with that tokenizer.
+    """
+    assert sample.options is not None
+    key = (_fingerprint(processor), sample.question, tuple(sample.options.items()))
+    if key in _PLANS:
+        return _PLANS[key]
+    text_only = replace(sample, image=None)
+    suffix = _answer_suffix_len(processor, text_only)
+    prompt = encode_prompt(processor, text_only)
+    token_of: dict[str, int] | None = {}
+    for letter, text in sample.options.items():
+        e = encode(processor, text_only, answer=text)
+        n_answer = len(e.input_ids) - e.prompt_len - suffix
+        if n_answer != 1 or not torch.equal(e.input_ids[: e.prompt_len], prompt.input_ids):
+            token_of = None
+            break
+        token_of[letter] = int(e.input_ids[e.prompt_len])
+    if token_of is not None and len(set(token_of.values())) != len(token_of):
+        token_of = None
+    if len(_PLANS) >= _MAX_PLANS:
+        _PLANS.clear()
+    _PLANS[key] = token_of
+    return token_of
 
 
 @torch.no_grad()
@@ -56,10 +117,10 @@ def _sequence_scores(model, examples: list[Encoded], spans: list[tuple[int, int]
     for idx in _chunks(list(range(len(examples))), bs):
         batch = collate([examples[i] for i in idx], pad_id)
         batch.pop("labels")
-        logprobs = torch.log_softmax(model(**batch).logits.float(), dim=-1)
+        logprobs = torch.log_softmax(model(**_to_model(model, batch)).logits.float(), dim=-1)
         for row, i in enumerate(idx):
             start, end = spans[i]
-            targets = examples[i].input_ids[start:end]
+            targets = examples[i].input_ids[start:end].to(logprobs.device)
             lp = logprobs[row, start - 1 : end - 1].gather(-1, targets[:, None]).sum()
             out.append(lp.item())
     return out
@@ -81,24 +142,16 @@ def score_options(
     for i, s in enumerate(samples):
         if not s.options:
             raise ValueError(f"sample of {s.person_id!r} is not a multiple-choice question: {s.question!r}")
-        suffix = _answer_suffix_len(processor, s)
-        prompt = encode_prompt(processor, s)
-        token_of: dict[str, int] = {}
-        for letter, text in s.options.items():
-            e = encode(processor, s, answer=text)
-            n_answer = len(e.input_ids) - e.prompt_len - suffix
-            if n_answer != 1 or not torch.equal(e.input_ids[: e.prompt_len], prompt.input_ids):
-                break
-            token_of[letter] = int(e.input_ids[e.prompt_len])
-        if single_pass and len(token_of) == len(s.options) and len(set(token_of.values())) == len(token_of):
-            single.append((i, prompt, token_of))
+        token_of = option_tokens(processor, s) if single_pass else None
+        if token_of is not None:
+            single.append((i, encode_prompt(processor, s), token_of))
         else:
             multi.append(i)
     with torch.no_grad():
         for chunk in _chunks(single, batch_size):
             batch = collate([p for _, p, _ in chunk], pad_id, left_pad=True)
             batch.pop("labels")
-            last = torch.log_softmax(model(**batch).logits[:, -1].float(), dim=-1)
+            last = torch.log_softmax(model(**_to_model(model, batch)).logits[:, -1].float(), dim=-1)
             for row, (i, _, token_of) in enumerate(chunk):
                 scores = {k: last[row, t].item() for k, t in token_of.items()}
                 results[i] = Choice(max(scores, key=scores.get), scores)
@@ -139,7 +192,9 @@ def generate_answers(
         prompts = [encode_prompt(processor, s, with_options=with_options) for s in chunk]
         batch = collate(prompts, pad_id, left_pad=True)
         batch.pop("labels")
-        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id)
+        out = model.generate(
+            **_to_model(model, batch), max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id
+        )
         new = out[:, batch["input_ids"].shape[1] :]
         texts += [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
     return texts

@@ -9,14 +9,15 @@ attack, separately for image-text (VQA) and text-only (QA) inputs, and PrivLeak 
 retain model's AUCs when those are given.
 
 **Holdout on the embedded benchmark.** MIA needs non-members drawn from the same distribution
-as the forget set but never trained on. The synthetic benchmark fine-tunes on every person, so
-no split of it is a holdout: ``Test_Set`` questions about forget people are *not* non-members
-(they ask about the same trained facts with new images), and retain people are members of the
-training set too. The principled holdout is a set of people excluded from fine-tuning:
-:func:`holdout_people` picks them (seeded, disjoint from every forget split) and
-:func:`benchmark_mia_sets` returns the forget people's training pairs as members and the held-out
-people's training-format pairs (same templates, same attribute pools) as non-members. It is only
-valid when the fine-tuned model was trained without those IDs.
+as the forget set but never trained on. ``Test_Set`` questions about forget people are *not*
+non-members (they ask about the same trained facts with new images), and retain people are
+members of the training set too. The embedded benchmark therefore has a ``Holdout_Set``: people
+who are in no other split and not in ``ft_Data``, written in the training format (same
+templates, same attribute pools). :func:`benchmark_mia_sets` returns the forget people's training
+pairs as members and those as non-members. For a benchmark without one (the real MLLMU-Bench),
+:func:`holdout_people` picks people to exclude from fine-tuning (seeded, disjoint from every
+forget split) and ``benchmark_mia_sets(..., holdout_ids)`` uses their ``ft_Data`` pairs — only
+valid when the model was fine-tuned without those IDs.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import torch
 from torch import nn
 
 from forgetlab.data.collate import IGNORE, collate
-from forgetlab.data.schema import FORGET_RATIOS, FT_SPLIT, Sample, forget_split
+from forgetlab.data.schema import FORGET_RATIOS, FT_SPLIT, HOLDOUT_SPLIT, Sample, forget_split
 from forgetlab.eval.mia import mia_auc, mia_scores, privleak
 from forgetlab.eval.mia import token_stats_from_logits as _token_stats
 from forgetlab.models.inputs import forward_kwargs
@@ -225,16 +226,26 @@ def holdout_people(root: str | Path, n: int = 2, seed: int = 0) -> list[str]:
 
 
 def benchmark_mia_sets(
-    root: str | Path, forget_ratio: int, holdout_ids: Sequence[str]
+    root: str | Path, forget_ratio: int, holdout_ids: Sequence[str] | None = None
 ) -> tuple[list[Sample], list[Sample]]:
-    """(members, non-members): the forget people's training pairs and the held-out people's.
+    """(members, non-members): the forget people's training pairs and never-trained people's pairs.
 
-    Valid only for a model fine-tuned *without* ``holdout_ids`` (see :func:`holdout_people`).
+    Non-members are ``Holdout_Set`` when ``holdout_ids`` is None (the embedded benchmark), else
+    the ``ft_Data`` pairs of ``holdout_ids`` — valid only for a model fine-tuned *without* them
+    (see :func:`holdout_people`).
     """
-    from forgetlab.data.mllmu import load_training
+    from forgetlab.data.mllmu import DataError, available_splits, load_training
 
-    held = set(holdout_ids)
     members = load_training(root, forget_split(forget_ratio))
+    if holdout_ids is None:
+        if HOLDOUT_SPLIT not in available_splits(root):
+            raise DataError(f"{root} has no {HOLDOUT_SPLIT} split: pass holdout_ids (people excluded from fine-tuning)")
+        nonmembers = load_training(root, HOLDOUT_SPLIT)
+        overlap = {s.person_id for s in nonmembers} & {s.person_id for s in members}
+        if overlap:
+            raise DataError(f"{HOLDOUT_SPLIT} people {sorted(overlap)} are also in {forget_split(forget_ratio)}")
+        return members, nonmembers
+    held = set(holdout_ids)
     overlap = held & {s.person_id for s in members}
     if overlap:
         raise ValueError(f"holdout people {sorted(overlap)} are in {forget_split(forget_ratio)}")

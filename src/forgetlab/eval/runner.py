@@ -4,6 +4,10 @@ Splits follow the MLLMU-Bench protocol for forget ratio r:
 ``forget`` = forget_r, ``test`` = Test_Set restricted to forget_r's people (new images),
 ``retain`` = retain_(100-r), ``realworld`` = Retain_Set; the embedded benchmark adds
 ``perception`` (generic VQA on non-person images) and ``world`` (text-only knowledge).
+
+Under ``accelerate launch``, pass ``shard=Shard.current()``: each process answers its contiguous part
+of every question list and the answers are gathered in order, so every process computes the same
+metrics and rows (the caller writes them on the main process only).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from pathlib import Path
 
 from forgetlab.data.mllmu import available_splits, load_split, split_ids
 from forgetlab.data.schema import Sample, forget_split, retain_split
+from forgetlab.dist.shard import Shard
 from forgetlab.eval.mcq import Protocol, answer_mcq, generate_answers
 from forgetlab.eval.textmetrics import bleu, cloze_correct, rouge_scores
 
@@ -70,6 +75,12 @@ def _mean(values: list[float]) -> float | None:
     return statistics.fmean(values) if values else None
 
 
+def _sharded(shard: Shard, fn: Callable[[list[Sample]], list], items: list[Sample]) -> list:
+    """``fn(items)`` computed as this process's part, gathered in order on every process."""
+    mine = shard.part(items)
+    return shard.gather(fn(mine) if mine else [])
+
+
 def evaluate(
     model,
     processor,
@@ -77,9 +88,11 @@ def evaluate(
     config: EvalConfig | None = None,
     progress: Callable[[str], None] | None = None,
     eval_sets: dict[str, list[Sample]] | None = None,
+    shard: Shard | None = None,
 ) -> EvalResult:
     """Evaluate ``model`` on the benchmark at ``root``; returns metrics and per-question rows."""
     config = config or EvalConfig()
+    shard = shard or Shard()
     sets = eval_sets if eval_sets is not None else load_eval_sets(Path(root), config.forget_ratio, config.sets)
     model.eval()
     metrics: dict[str, float | int | None] = {}
@@ -93,7 +106,9 @@ def evaluate(
                 continue
             if not mcq and modality == "vqa" and name == "world":
                 continue
-            choices = answer_mcq(model, processor, mcq, config.protocol, config.batch_size) if mcq else []
+            choices = _sharded(
+                shard, lambda xs: answer_mcq(model, processor, xs, config.protocol, config.batch_size), mcq
+            )
             hits = [c.predicted == s.correct for s, c in zip(mcq, choices, strict=True)]
             metrics[f"{name}_{modality}_acc"] = _mean([float(h) for h in hits])
             metrics[f"{name}_{modality}_n"] = len(mcq)
@@ -120,14 +135,14 @@ def evaluate(
                 items = [s for s in samples if s.task == task and s.modality == modality]
                 if not items:
                     continue
-                outs = generate_answers(
-                    model,
-                    processor,
+                outs = _sharded(
+                    shard,
+                    lambda xs: generate_answers(
+                        model, processor, xs, with_options=False,
+                        max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
+                    ),
                     items,
-                    with_options=False,
-                    max_new_tokens=config.max_new_tokens,
-                    batch_size=config.batch_size,
-                )
+                )  # fmt: skip
                 if task == "mask":
                     hits = [cloze_correct(o, s.answer) for s, o in zip(items, outs, strict=True)]
                     metrics[f"{name}_{modality}_cloze"] = _mean([float(h) for h in hits])

@@ -8,6 +8,10 @@ Conventions (see ``base.py`` for the batch contract):
 - A position is supervised when its label is not -100 *and* (if given) its attention mask is 1,
   so a collate bug that leaves labels on padding cannot leak into a loss.
 - Log-probabilities are computed in float32 whatever the model dtype.
+- Every mean divides by :func:`~forgetlab.dist.means.mean_divisor`: the local count, or, while
+  the trainer shards a batch over processes, the count over the whole global batch (so per-process
+  losses are shares that add up to the single-process loss). Logged values must be such means too:
+  the trainer sums them over processes.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from forgetlab.dist.means import STAND_IN, mean_divisor
 
 Batch = Mapping[str, Any]
 
@@ -69,8 +75,12 @@ def require_supervised(mask: torch.Tensor, what: str = "supervised tokens") -> N
 
 def masked_token_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of ``values`` over the positions where ``mask`` holds, across the whole batch."""
-    require_supervised(mask)
-    return (values * mask).sum() / mask.sum()
+    return (values * mask).sum() / mean_divisor(mask.sum(), "supervised tokens")
+
+
+def selected_mean(values: torch.Tensor, mask: torch.Tensor, what: str = "positions to average over") -> torch.Tensor:
+    """Mean of ``values[mask]`` (the same number as ``values[mask].mean()`` on one process)."""
+    return values[mask].sum() / mean_divisor(mask.sum(), what)
 
 
 def mean_nll(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
@@ -93,9 +103,7 @@ def per_sequence_mean_nll(model: torch.nn.Module, batch: Batch) -> tuple[torch.T
 
 def mean_over_rows(values: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """Mean of per-sequence ``values`` over the rows that have at least one supervised token."""
-    rows = counts > 0
-    require_supervised(rows, "sequence with a supervised token")
-    return values[rows].mean()
+    return selected_mean(values, counts > 0, "sequence with a supervised token")
 
 
 def kl_on_labels(model: torch.nn.Module, ref_model: torch.nn.Module, batch: Batch) -> torch.Tensor:
@@ -105,13 +113,13 @@ def kl_on_labels(model: torch.nn.Module, ref_model: torch.nn.Module, batch: Batc
     log-softmaxed, so the [N, V] tensors stay small.
     """
     _, mask = shifted_targets(batch)
-    require_supervised(mask)
     logits = forward(model, batch).logits[:, :-1][mask].float()
     with torch.no_grad():
         ref_logits = forward(ref_model, batch).logits[:, :-1][mask].float()
     logp = F.log_softmax(logits, dim=-1)
     ref_logp = F.log_softmax(ref_logits, dim=-1)
-    return F.kl_div(logp, ref_logp, log_target=True, reduction="none").sum(-1).mean()
+    kl = F.kl_div(logp, ref_logp, log_target=True, reduction="none").sum(-1)
+    return kl.sum() / mean_divisor(mask.sum(), "supervised tokens")
 
 
 def hidden_at(model: torch.nn.Module, batch: Batch, layer: int) -> torch.Tensor:
@@ -128,6 +136,10 @@ def hidden_at(model: torch.nn.Module, batch: Batch, layer: int) -> torch.Tensor:
 
 def masked_mse(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Squared error of [B, T, H] tensors averaged over H and the positions where ``mask`` [B, T] holds."""
-    mask = mask.bool()
-    require_supervised(mask, "positions to average over")
-    return (a.float() - b.float()).pow(2).mean(-1)[mask].mean()
+    return selected_mean((a.float() - b.float()).pow(2).mean(-1), mask.bool(), "positions to average over")
+
+
+def attended(batch: Batch) -> torch.Tensor:
+    """Bool [B, T] of the attended (non-pad) positions; none for a stand-in batch (see ``forgetlab.dist``)."""
+    mask = batch["attention_mask"].bool()
+    return torch.zeros_like(mask) if batch.get(STAND_IN) else mask

@@ -48,6 +48,5 @@ class NPO(UnlearnMethod):
         with torch.no_grad():
             ref_logprob, _ = sequence_logprob(ref_model, forget)
         loss = npo_loss(logprob, ref_logprob, counts, self.config.beta)
-        rows = counts > 0
-        log_ratio = (logprob - ref_logprob)[rows].detach().mean().item()
-        return loss, {"forget_seq_logprob": logprob[rows].detach().mean().item(), "log_ratio": log_ratio}
+        log_ratio = mean_over_rows((logprob - ref_logprob).detach(), counts).item()
+        return loss, {"forget_seq_logprob": mean_over_rows(logprob.detach(), counts).item(), "log_ratio": log_ratio}

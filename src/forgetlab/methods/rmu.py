@@ -23,7 +23,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from forgetlab.methods._common import Batch, hidden_at, masked_mse
+from forgetlab.methods._common import Batch, attended, hidden_at, masked_mse, selected_mean
 from forgetlab.methods.base import METHODS, MethodConfig, UnlearnMethod
 
 
@@ -36,7 +36,7 @@ def control_vector(hidden_size: int, seed: int) -> torch.Tensor:
 
 def rmu_positions(batch: Batch, positions: str) -> torch.Tensor:
     """Bool [B, T] of the positions the MSE averages over (see the module docstring)."""
-    mask = batch["attention_mask"].bool()
+    mask = attended(batch)
     if positions == "labels":
         mask = mask & (batch["labels"] != -100)
     return mask
@@ -70,7 +70,7 @@ class RMU(UnlearnMethod):
         u = control_vector(hidden.shape[-1], cfg.seed).to(hidden.device, hidden.dtype)
         target = (cfg.steering_coeff * u).expand_as(hidden)
         mask = rmu_positions(forget, cfg.positions)
-        norm = hidden.detach().float().norm(dim=-1)[mask].mean().item()
+        norm = selected_mean(hidden.detach().float().norm(dim=-1), mask).item()
         return masked_mse(hidden, target, mask), {"forget_hidden_norm": norm}
 
     def retain_term(self, model: torch.nn.Module, retain: Batch, ref_model: torch.nn.Module | None) -> torch.Tensor:

@@ -18,6 +18,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
+from forgetlab.dist.shard import Shard
 from forgetlab.methods._common import Batch, mean_nll
 from forgetlab.methods.base import METHODS, MethodConfig, UnlearnMethod
 from forgetlab.methods.rlabel import random_label_nll
@@ -45,6 +46,7 @@ def saliency_mask(
     forget_batches: Iterable[Batch],
     fraction: float = 0.5,
     params: Iterable[str] | None = None,
+    shard: Shard | None = None,
 ) -> dict[str, torch.Tensor]:
     """Bool masks, keyed like ``model.named_parameters()``, of the globally most salient elements.
 
@@ -53,6 +55,8 @@ def saliency_mask(
         forget_batches: forget batches; their NLL gradients are summed in float32.
         fraction: share of elements kept (ties at the threshold are all kept).
         params: names to rank (default: every parameter with ``requires_grad``).
+        shard: when several processes each pass their own forget batches, the gradient sums are
+            all-reduced before ranking (every process gets the same mask).
     Returns:
         ``{name: BoolTensor of the parameter's shape}`` for every ranked parameter.
     """
@@ -72,7 +76,11 @@ def saliency_mask(
             if grad is not None:
                 total += grad.float()
         seen += 1
-    if seen == 0:
+    shard = shard or Shard()
+    shard.all_sum(sums)
+    total = torch.tensor([seen], device=shard.device)
+    shard.all_sum([total])
+    if total.item() == 0:
         raise ValueError("saliency_mask needs at least one forget batch")
     scores = [s.abs_() for s in sums]
     k = max(1, round(fraction * sum(s.numel() for s in scores)))

@@ -45,4 +45,4 @@ class SimNPO(UnlearnMethod):
     ) -> tuple[torch.Tensor, dict[str, float]]:
         nll, counts = per_sequence_mean_nll(model, forget)
         loss = simnpo_loss(nll, counts, self.config.beta, self.config.delta)
-        return loss, {"forget_seq_mean_nll": nll[counts > 0].detach().mean().item()}
+        return loss, {"forget_seq_mean_nll": mean_over_rows(nll.detach(), counts).item()}

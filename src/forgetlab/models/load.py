@@ -2,7 +2,10 @@
 
 Everything goes through ``from_pretrained`` on a *local* folder: nothing is downloaded.
 The model class is chosen from ``config.json``'s ``architectures``; weights must be
-safetensors (pickled ``.bin`` weights are refused: they can run arbitrary code).
+safetensors (pickled ``.bin`` weights are refused: they can run arbitrary code), and
+``from_pretrained`` is told so (``use_safetensors=True``), so a stray ``.bin`` beside other
+files is never unpickled. Code shipped inside a model folder (``auto_map``) is not run unless
+the caller passes ``trust_remote_code=True`` explicitly.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from transformers import (
     AutoTokenizer,
     LlavaForConditionalGeneration,
     PreTrainedModel,
+    PreTrainedTokenizerFast,
+    Qwen2_5_VLForConditionalGeneration,
     Qwen2VLForConditionalGeneration,
 )
 from transformers.processing_utils import ProcessorMixin
@@ -27,11 +32,26 @@ from forgetlab.models.processors import Qwen2VLImageProcessorOnly
 _MULTIMODAL = {
     "LlavaForConditionalGeneration": LlavaForConditionalGeneration,
     "Qwen2VLForConditionalGeneration": Qwen2VLForConditionalGeneration,
+    "Qwen2_5_VLForConditionalGeneration": Qwen2_5_VLForConditionalGeneration,
 }
+#: architectures whose real processor needs torchvision (video); the image-only subclass replaces it.
+_QWEN_VL = ("Qwen2VL", "Qwen2_5_VL")
 
 
 class ModelPathError(FileNotFoundError):
     """A model folder that does not exist or is not a transformers model folder."""
+
+
+def _refused(path: Path, exc: Exception) -> ModelPathError:
+    """A clear error for a folder transformers cannot load as we ask (custom code, missing safetensors)."""
+    text = " ".join(str(exc).split())
+    if "trust_remote_code" in text or "custom code" in text:
+        return ModelPathError(
+            f"{path} ships its own Python code (config.json auto_map); forgetlab does not run code from a model "
+            "folder unless trust_remote_code=True is passed explicitly. Use a natively supported architecture."
+        )
+    pickled = " (its pickled .bin/.pt weights are never read)" if [*path.glob("*.bin"), *path.glob("*.pt")] else ""
+    return ModelPathError(f"cannot load {path}: {text}{pickled}")
 
 
 def _check_folder(path: Path) -> dict:
@@ -52,13 +72,42 @@ def _check_folder(path: Path) -> dict:
             )
         raise ModelPathError(f"{path} has no *.safetensors weights")
     try:
-        return json.loads(cfg.read_text())
-    except json.JSONDecodeError as e:
+        config = json.loads(cfg.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ModelPathError(f"{cfg} is not valid JSON: {e}") from None
+    if not isinstance(config, dict):
+        raise ModelPathError(f"{cfg} holds {type(config).__name__}, not a JSON object")
+    return config
 
 
 def is_multimodal(config: dict) -> bool:
     return "vision_config" in config or any(a in _MULTIMODAL for a in config.get("architectures") or [])
+
+
+#: tokenizer classes that mean "exactly what tokenizer.json says"
+_GENERIC_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
+def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False):
+    """The tokenizer saved in ``path``.
+
+    A folder whose ``tokenizer_config.json`` names the generic class (``TokenizersBackend`` /
+    ``PreTrainedTokenizerFast``) is loaded with that class: transformers 5's ``AutoTokenizer`` would
+    pick the model type's class instead (e.g. ``Qwen2Tokenizer`` for a Qwen2 model) and replace the
+    saved normaliser and pre-tokenizer, silently changing the token ids.
+    """
+    path = Path(path)
+    cfg = path / "tokenizer_config.json"
+    try:
+        tokenizer_class = json.loads(cfg.read_text()).get("tokenizer_class") if cfg.is_file() else None
+    except (ValueError, AttributeError):  # malformed: AutoTokenizer below reports it
+        tokenizer_class = None
+    if tokenizer_class in _GENERIC_TOKENIZERS and (path / "tokenizer.json").is_file():
+        return PreTrainedTokenizerFast.from_pretrained(path)
+    try:
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (ValueError, OSError) as exc:
+        raise _refused(path, exc) from exc
 
 
 def load_processor(path: str | Path, *, trust_remote_code: bool = False):
@@ -66,18 +115,21 @@ def load_processor(path: str | Path, *, trust_remote_code: bool = False):
     path = Path(path)
     config = _check_folder(path)
     if not is_multimodal(config):
-        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        return load_tokenizer(path, trust_remote_code=trust_remote_code)
     proc_cfg = path / "processor_config.json"
-    proc_class = json.loads(proc_cfg.read_text()).get("processor_class") if proc_cfg.exists() else None
+    try:
+        proc_class = json.loads(proc_cfg.read_text()).get("processor_class") if proc_cfg.exists() else None
+    except (ValueError, AttributeError) as exc:
+        raise ModelPathError(f"{proc_cfg} is not a valid processor config: {exc}") from None
     if proc_class == Qwen2VLImageProcessorOnly.__name__:
         return Qwen2VLImageProcessorOnly.from_pretrained(path)
     try:
         processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (ImportError, ValueError, TypeError, AttributeError):
-        processor = None  # e.g. the real Qwen2VLProcessor needs torchvision for its video processor
+        processor = None  # e.g. the real Qwen2(.5)-VL processors need torchvision for their video processor
     if isinstance(processor, ProcessorMixin):
         return processor
-    if "Qwen2VL" in "".join(config.get("architectures") or []):
+    if any(a.startswith(_QWEN_VL) for a in config.get("architectures") or []):
         return Qwen2VLImageProcessorOnly.from_pretrained(path)
     raise ModelPathError(f"{path}: could not build a multimodal processor (processor_class={proc_class!r})")
 
@@ -92,13 +144,14 @@ def load_model(
     path = Path(path)
     config = _check_folder(path)
     archs = config.get("architectures") or []
-    kwargs = {"dtype": dtype or torch.float32, "trust_remote_code": trust_remote_code}
-    for a in archs:
-        if a in _MULTIMODAL:
-            return _MULTIMODAL[a].from_pretrained(path, **kwargs)
-    if is_multimodal(config):
-        return AutoModelForImageTextToText.from_pretrained(path, **kwargs)
-    return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    kwargs = {"dtype": dtype or torch.float32, "trust_remote_code": trust_remote_code, "use_safetensors": True}
+    cls = next((_MULTIMODAL[a] for a in archs if a in _MULTIMODAL), None)
+    if cls is None:
+        cls = AutoModelForImageTextToText if is_multimodal(config) else AutoModelForCausalLM
+    try:
+        return cls.from_pretrained(path, **kwargs)
+    except (ValueError, OSError) as exc:
+        raise _refused(path, exc) from exc
 
 
 def load(path: str | Path, **kwargs):

@@ -1,7 +1,7 @@
 """Tiny multimodal models built from the real Hugging Face classes, fully offline.
 
 The embedded benchmark needs a model small enough to train on two CPU cores in minutes,
-yet built from the same classes as LLaVA-1.5 and Qwen2-VL so that every code path
+yet built from the same classes as LLaVA-1.5, Qwen2-VL and Qwen2.5-VL so that every code path
 (processor, chat template, module groups, ``save_pretrained``/``from_pretrained``) is
 the one a real checkpoint goes through. The tokenizer is a word-level vocabulary
 trained with ``tokenizers`` on the benchmark's own text.
@@ -24,6 +24,8 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerFast,
     ProcessorMixin,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
     Qwen2VLImageProcessorPil,
@@ -31,8 +33,8 @@ from transformers import (
 
 from forgetlab.models.processors import Qwen2VLImageProcessorOnly
 
-Arch = Literal["llava", "qwen2vl"]
-ARCHES: tuple[str, ...] = ("llava", "qwen2vl")
+Arch = Literal["llava", "qwen2vl", "qwen25vl"]
+ARCHES: tuple[str, ...] = ("llava", "qwen2vl", "qwen25vl")
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<s>", "</s>"
 LLAVA_IMAGE = "<image>"
@@ -91,7 +93,7 @@ def build_tokenizer(texts: Iterable[str], arch: Arch = "llava") -> PreTrainedTok
         chat_template=template,
         extra_special_tokens={"image_token": LLAVA_IMAGE if arch == "llava" else QWEN_IMAGE},
     )
-    if arch == "qwen2vl":
+    if arch != "llava":
         fast.add_special_tokens({"additional_special_tokens": [QWEN_VISION_START, QWEN_VISION_END, QWEN_VIDEO]})
     return fast
 
@@ -146,28 +148,55 @@ def _llava(tokenizer: PreTrainedTokenizerFast, image_size: int) -> tuple[PreTrai
     return model, processor
 
 
-def _qwen2vl(tokenizer: PreTrainedTokenizerFast, image_size: int) -> tuple[PreTrainedModel, ProcessorMixin]:
-    patch, merge = 8, 2
-    hidden, heads = 256, 4
+def _qwen_text_config(tokenizer: PreTrainedTokenizerFast, hidden: int = 256, heads: int = 4) -> dict:
+    """The (shared) text config of the tiny Qwen2-VL and Qwen2.5-VL: multimodal RoPE over 4 layers."""
     head_dim = hidden // heads
-    config = Qwen2VLConfig(
-        text_config={
-            "vocab_size": len(tokenizer),
-            "hidden_size": hidden,
-            "intermediate_size": 512,
-            "num_hidden_layers": 4,
-            "num_attention_heads": heads,
-            "num_key_value_heads": heads,
-            "max_position_embeddings": 512,
-            "rope_parameters": {
-                "rope_type": "default",
-                "rope_theta": 10000.0,
-                "mrope_section": [head_dim // 8, 3 * head_dim // 16, 3 * head_dim // 16],
-            },
-            "pad_token_id": tokenizer.pad_token_id,
-            "bos_token_id": tokenizer.bos_token_id,
-            "eos_token_id": tokenizer.eos_token_id,
+    return {
+        "vocab_size": len(tokenizer),
+        "hidden_size": hidden,
+        "intermediate_size": 512,
+        "num_hidden_layers": 4,
+        "num_attention_heads": heads,
+        "num_key_value_heads": heads,
+        "max_position_embeddings": 512,
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": 10000.0,
+            "mrope_section": [head_dim // 8, 3 * head_dim // 16, 3 * head_dim // 16],
         },
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
+
+
+def _qwen_token_ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, int]:
+    return {
+        "image_token_id": tokenizer.convert_tokens_to_ids(QWEN_IMAGE),
+        "video_token_id": tokenizer.convert_tokens_to_ids(QWEN_VIDEO),
+        "vision_start_token_id": tokenizer.convert_tokens_to_ids(QWEN_VISION_START),
+        "vision_end_token_id": tokenizer.convert_tokens_to_ids(QWEN_VISION_END),
+    }
+
+
+def _qwen_processor(tokenizer: PreTrainedTokenizerFast, image_size: int, patch: int, merge: int) -> ProcessorMixin:
+    pixels = image_size * image_size
+    image_processor = Qwen2VLImageProcessorPil(
+        patch_size=patch,
+        merge_size=merge,
+        temporal_patch_size=2,
+        min_pixels=pixels,
+        max_pixels=pixels,
+    )
+    return Qwen2VLImageProcessorOnly(
+        image_processor=image_processor, tokenizer=tokenizer, chat_template=QWEN_CHAT_TEMPLATE
+    )
+
+
+def _qwen2vl(tokenizer: PreTrainedTokenizerFast, image_size: int) -> tuple[PreTrainedModel, ProcessorMixin]:
+    patch, merge, hidden = 8, 2, 256
+    config = Qwen2VLConfig(
+        text_config=_qwen_text_config(tokenizer, hidden),
         vision_config={
             "depth": 4,
             "embed_dim": 128,
@@ -178,25 +207,39 @@ def _qwen2vl(tokenizer: PreTrainedTokenizerFast, image_size: int) -> tuple[PreTr
             "spatial_merge_size": merge,
             "temporal_patch_size": 2,
         },
-        image_token_id=tokenizer.convert_tokens_to_ids(QWEN_IMAGE),
-        video_token_id=tokenizer.convert_tokens_to_ids(QWEN_VIDEO),
-        vision_start_token_id=tokenizer.convert_tokens_to_ids(QWEN_VISION_START),
-        vision_end_token_id=tokenizer.convert_tokens_to_ids(QWEN_VISION_END),
+        **_qwen_token_ids(tokenizer),
         tie_word_embeddings=False,
     )
     model = Qwen2VLForConditionalGeneration(config)
-    pixels = image_size * image_size
-    image_processor = Qwen2VLImageProcessorPil(
-        patch_size=patch,
-        merge_size=merge,
-        temporal_patch_size=2,
-        min_pixels=pixels,
-        max_pixels=pixels,
+    return model, _qwen_processor(tokenizer, image_size, patch, merge)
+
+
+def _qwen25vl(tokenizer: PreTrainedTokenizerFast, image_size: int) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """Qwen2.5-VL: RMSNorm + SwiGLU vision blocks with windowed attention (full attention in blocks 1 and 3)."""
+    patch, merge, hidden = 8, 2, 256
+    config = Qwen2_5_VLConfig(
+        text_config=_qwen_text_config(tokenizer, hidden),
+        vision_config={
+            "depth": 4,
+            "hidden_size": 128,
+            "intermediate_size": 256,
+            "num_heads": 4,
+            "out_hidden_size": hidden,
+            "patch_size": patch,
+            "spatial_merge_size": merge,
+            "temporal_patch_size": 2,
+            "window_size": 2 * patch * merge,  # 2x2 merged tokens per attention window
+            "fullatt_block_indexes": [1, 3],
+        },
+        **_qwen_token_ids(tokenizer),
+        tie_word_embeddings=False,
     )
-    processor = Qwen2VLImageProcessorOnly(
-        image_processor=image_processor, tokenizer=tokenizer, chat_template=QWEN_CHAT_TEMPLATE
-    )
-    return model, processor
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    # the image-only processor: Qwen2.5-VL's processor differs from Qwen2-VL's only for videos
+    return model, _qwen_processor(tokenizer, image_size, patch, merge)
+
+
+_BUILDERS = {"llava": _llava, "qwen2vl": _qwen2vl, "qwen25vl": _qwen25vl}
 
 
 def build_tiny_model(
@@ -205,7 +248,7 @@ def build_tiny_model(
     """A freshly initialised tiny model of ``arch`` and its processor.
 
     Args:
-        arch: ``"llava"`` (CLIP tower + projector + Llama) or ``"qwen2vl"``.
+        arch: ``"llava"`` (CLIP tower + projector + Llama), ``"qwen2vl"`` or ``"qwen25vl"`` (Qwen2.5-VL).
         texts: all benchmark text, used to train the word-level vocabulary.
         image_size: side of the square input image in pixels (multiple of 16).
         seed: initialisation seed.
@@ -218,8 +261,7 @@ def build_tiny_model(
         raise ValueError(f"image_size must be a multiple of 16, got {image_size}")
     tokenizer = build_tokenizer(texts, arch)
     torch.manual_seed(seed)
-    builder = _llava if arch == "llava" else _qwen2vl
-    model, processor = builder(tokenizer, image_size)
+    model, processor = _BUILDERS[arch](tokenizer, image_size)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     return model, processor

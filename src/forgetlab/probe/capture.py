@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
@@ -353,7 +353,10 @@ def cached_features(
     for p in poolings:
         path = cache_file(cache_dir, model_key, probe_key, p)
         if path.is_file():
-            f = load_features(path)
+            try:
+                f = load_features(path)
+            except (SafetensorError, OSError, ValueError, KeyError):
+                continue  # an unreadable entry (e.g. truncated by a full disk) is a miss: recomputed, rewritten
             if f.meta.get("model_key") == model_key and f.meta.get("probe_key") == probe_key:
                 found[p] = f
     return found

@@ -82,15 +82,28 @@ def benchmark_probe_set(
         "retain": load_training(data, retain_split(forget_ratio)),
         "unrelated": [s for sp in unrelated_splits for s in load_split(data, sp, tasks=("classification",))],
     }
+    items, groups = probe_set_from_pools(pools, per_group, seed, text_only=text_only)
+    if not items:
+        raise ValueError(f"no probe samples found in {data}")
+    return items, groups
+
+
+def probe_set_from_pools(
+    pools: dict[str, Sequence[Sample]], per_group: int = 24, seed: int = 0, *, text_only: bool = False
+) -> tuple[list[Sample], dict[str, list[int]]]:
+    """Up to ``per_group`` samples of each pool (half VQA, half QA when both exist; seeded) and the
+    indices of each group, in :data:`GROUPS` order (pools of other names follow). ``text_only``
+    drops image-text samples."""
+    if per_group < 1:
+        raise ValueError(f"per_group must be >= 1; got {per_group}")
+    names = [g for g in GROUPS if g in pools] + [g for g in pools if g not in GROUPS]
     items: list[Sample] = []
     groups: dict[str, list[int]] = {}
-    for gi, g in enumerate(GROUPS):
+    for gi, g in enumerate(names):
         pool = [s for s in pools[g] if not (text_only and s.image is not None)]
         chosen = _pick(pool, per_group, np.random.default_rng([seed, gi]))
         groups[g] = list(range(len(items), len(items) + len(chosen)))
         items.extend(chosen)
-    if not items:
-        raise ValueError(f"no probe samples found in {data}")
     return items, groups
 
 
@@ -211,6 +224,7 @@ def run_probe(
     forget_ratio: int | None = None,
     texts: Path | None = None,
     *,
+    probe_set: tuple[list[Sample], dict[str, list[int]]] | None = None,
     labels: Sequence[str] | None = None,
     per_group: int = 24,
     poolings: Sequence[str] = POOLINGS,
@@ -234,6 +248,8 @@ def run_probe(
             :func:`benchmark_probe_set`); exclusive with ``texts``.
         forget_ratio: forget percentage of the benchmark split (default 10).
         texts: a file with one free-text probe query per line; exclusive with ``data``.
+        probe_set: ``(samples, {group: indices})`` built by the caller (e.g. with
+            :func:`probe_set_from_pools` for a CLEAR or TOFU folder); exclusive with the other two.
         labels: display names, reference first (default: folder names).
         per_group: probe samples per group (benchmark probe sets).
         poolings: feature poolings to compare (all from one forward pass per model).
@@ -250,8 +266,10 @@ def run_probe(
         The summary written to ``probe.json`` (config, probe set, per-pooling per-group
         comparisons ``results[pooling][group][model]``, Fisher reports, written files).
     """
-    if (data is None) == (texts is None):
-        raise ValueError("give exactly one probe source: data (a benchmark folder) or texts (a query file)")
+    if sum(x is not None for x in (data, texts, probe_set)) != 1:
+        raise ValueError(
+            "give exactly one probe source: data (a benchmark folder), texts (a query file) or probe_set (samples)"
+        )
     if not models:
         raise ValueError("give at least one model to compare with the reference")
     if fisher_estimator not in ("example", "batch"):
@@ -268,6 +286,10 @@ def run_probe(
     if texts is not None:
         items: list[Sample | str] = list(read_queries(texts))
         groups: dict[str, list[int]] = {}
+    elif probe_set is not None:
+        items, groups = list(probe_set[0]), {g: list(v) for g, v in probe_set[1].items()}
+        if not items:
+            raise ValueError("the probe set is empty")
     else:
         ratio = 10 if forget_ratio is None else forget_ratio
         text_only = not hasattr(load_processor(reference), "image_processor")
@@ -317,9 +339,9 @@ def run_probe(
         "reference": {"label": ref_name, "path": str(reference)},
         "models": [{"label": n, "path": str(p), "computed": computed[n]} for n, p in zip(names, paths, strict=True)],
         "probe": {
-            "source": "texts" if texts is not None else "benchmark",
-            "path": str(texts if texts is not None else data),
-            "forget_ratio": None if texts is not None else (10 if forget_ratio is None else forget_ratio),
+            "source": "texts" if texts is not None else ("samples" if probe_set is not None else "benchmark"),
+            "path": None if probe_set is not None else str(texts if texts is not None else data),
+            "forget_ratio": None if data is None else (10 if forget_ratio is None else forget_ratio),
             "n": len(items),
             "groups": {g: len(r) for g, r in groups.items()},
             "vqa": sum(isinstance(i, Sample) and i.image is not None for i in items),

@@ -62,3 +62,37 @@ def tradeoff_plot(runs: dict[str, dict], original: dict | None = None) -> bytes:
     axes[1].legend(fontsize=8, loc="lower right")
     fig.suptitle("Unlearning trade-off on forget_10 (each point: one learning rate)")
     return _png(fig)
+
+
+def depth_plot(curves: dict[str, dict], title: str) -> bytes:
+    """CKA, PCA similarity and PCA shift to the original over depth, one colour per model.
+
+    ``curves`` maps a model name to ``assess.json``'s ``probe`` entry: the unlearned model's
+    curves (solid) and, under ``"relearned"``, the relearned model's (dashed). Layers are in the
+    probe's order (``L``: language model blocks, ``V``: vision tower, then the projector).
+    """
+    panels = (("cka", "debiased linear CKA"), ("pca_similarity", "PC1 similarity"), ("pca_shift", "PC1 shift"))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    cmap = plt.get_cmap("tab10")
+    ticks: list[str] = []
+    for i, (name, c) in enumerate(curves.items()):
+        layers = c["layers"]
+        ticks = layers if len(layers) > len(ticks) else ticks
+        for ax, (key, _) in zip(axes, panels, strict=True):
+            ys = [float("nan") if v is None else v for v in c[key]]
+            ax.plot(range(len(ys)), ys, color=cmap(i % 10), marker=".", lw=1.5, label=f"{name} (unlearned)")
+            rel = c.get("relearned")
+            if rel:
+                ys = [float("nan") if v is None else v for v in rel[key]]
+                ax.plot(range(len(ys)), ys, color=cmap(i % 10), ls="--", lw=1, label=f"{name} (relearned)")
+    short = [t.replace("language.", "L").replace("vision.", "V") for t in ticks]
+    for ax, (key, label) in zip(axes, panels, strict=True):
+        ax.set_xticks(range(len(short)), short, rotation=90, fontsize=7)
+        ax.set_title(label, fontsize=10)
+        ax.grid(alpha=0.3)
+        if key != "pca_shift":
+            ax.set_ylim(-0.05, 1.05)
+    axes[0].set_ylabel("vs the original model, per layer")
+    axes[2].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.suptitle(title)
+    return _png(fig)

@@ -3,14 +3,15 @@
 Registered in :mod:`forgetlab.cli`. Options left out fall back to the defaults of
 :class:`~forgetlab.train.unlearn_config.UnlearnConfig` / the method's config, so defaults live in
 one place. Every expected failure (missing model or data, bad split, unknown method or field,
-bad mask, NaN) prints one ``error: ...`` line on stderr and exits with status 2.
+bad mask, NaN, a full disk, an output folder in use) prints one ``error: ...`` line on stderr and
+exits with status 2.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -35,12 +36,14 @@ def _error_line(exc: BaseException) -> str:
 @contextmanager
 def clean_errors() -> Iterator[None]:
     """Turn expected errors into one ``error: ...`` line and exit status 2 (no traceback)."""
+    from forgetlab.lock import OutputLocked
     from forgetlab.train.unlearn import UnlearnDiverged
 
-    # DataError, MaskError and pydantic's ValidationError are ValueErrors; ModelPathError a FileNotFoundError
+    # DataError, MaskError and pydantic's ValidationError are ValueErrors; ModelPathError and
+    # forgetlab.io.WriteFailed (disk full) are OSErrors
     try:
         yield
-    except (ValueError, KeyError, FileNotFoundError, FloatingPointError, UnlearnDiverged) as e:
+    except (ValueError, KeyError, OSError, FloatingPointError, UnlearnDiverged, OutputLocked) as e:
         typer.echo(f"error: {_error_line(e)}", err=True)
         raise typer.Exit(2) from None
 
@@ -106,11 +109,16 @@ def unlearn_command(
     lora_r: Annotated[int, typer.Option(help="LoRA rank; 0 = full fine-tuning")] = 0,
     gradient_checkpointing: Annotated[bool, typer.Option()] = False,
     bf16: Annotated[bool, typer.Option(help="bf16 autocast")] = False,
+    optimizer_state: Annotated[
+        str | None, typer.Option(help="masked methods: full (MaskedAdamW) or packed (state for selected elements)")
+    ] = None,
     overrides: Annotated[
         list[str] | None, typer.Option("--set", help="method config field KEY=VALUE (repeatable)")
     ] = None,
 ) -> None:
     """Unlearn the forget split from a model and save the result (+ train_log.jsonl, unlearn.json)."""
+    from forgetlab.dist.shard import Shard
+    from forgetlab.lock import check_not_input, output_lock
     from forgetlab.train.unlearn import UnlearnConfig, unlearn
 
     set_threads()
@@ -118,7 +126,7 @@ def unlearn_command(
         "lr": lr, "epochs": epochs, "retain_weight": retain_weight, "seed": seed, "mask": mask,
         "span": span, "pairing": pairing, "batch_size": batch_size, "max_steps": max_steps,
         "forget_modality": forget_modality, "retain_modality": retain_modality,
-        "weight_decay": weight_decay, "max_grad_norm": max_grad_norm,
+        "weight_decay": weight_decay, "max_grad_norm": max_grad_norm, "optimizer_state": optimizer_state,
     }  # fmt: skip
     with clean_errors():
         config = UnlearnConfig(
@@ -130,8 +138,17 @@ def unlearn_command(
             bf16=bf16,
             **{k: v for k, v in given.items() if v is not None},
         )
-        with lazy_progress(f"unlearn {method}") as update:
+        if mask is not None:  # a bad mask file fails now, not after loading the model
+            from forgetlab.masks import Mask
+
+            Mask.load(mask, header_only=True)
+        reference = config.method_args.get("reference_model")
+        check_not_input(out, {"model": model, "data": data, "reference model": reference})
+        lock = output_lock(out) if Shard.current().is_main else nullcontext()  # one writer per folder
+        with lock, lazy_progress(f"unlearn {method}") as update:
             summary = unlearn(model, data, out, config, progress=update)
+    if not Shard.current().is_main:  # under accelerate launch: one process reports
+        return
     final = summary["final"] or {}
     typer.echo(
         f"unlearned model saved to {out} ({summary['steps']['total']} steps, "
@@ -154,6 +171,7 @@ def mask_command(
     batch_size: Annotated[int | None, typer.Option(help="batch size of the importance passes")] = None,
 ) -> None:
     """Compute MMUnlearner's Fisher-ratio mask (forget VQA vs. the paper's preserve sets)."""
+    from forgetlab.dist.shard import Shard
     from forgetlab.methods.mmunlearner import MMUnlearnerConfig
     from forgetlab.models.load import load
     from forgetlab.train.masking import compute_mask
@@ -169,12 +187,17 @@ def mask_command(
         if path.suffix != ".safetensors":
             raise ValueError(f"--out must be a .safetensors file or an existing folder, got {out}")
         m, processor = load(model)
+        shard = Shard.current()  # under accelerate launch: importance batches split over processes
+        if shard.world > 1:
+            m.to(shard.device)  # each process on its own device; collectives need tensors there (NCCL)
         result = compute_mask(
             m, processor, data, forget_ratio, groups=mc.groups, gamma=mc.gamma, top_k=mc.top_k,
             estimator=mc.estimator, linear_only=mc.linear_only, span=span,  # type: ignore[arg-type]
-            batch_size=mc.importance_batch_size,
+            batch_size=mc.importance_batch_size, shard=shard,
         )  # fmt: skip
         result.metadata["model"] = str(model)
+        if not shard.is_main:
+            return
         result.save(path)
     typer.echo(
         f"mask saved to {path}: {result.selected} of {result.size} elements ({result.fraction:.1%}), "

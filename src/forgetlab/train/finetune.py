@@ -24,7 +24,8 @@ from pydantic import BaseModel, Field
 
 from forgetlab.data.collate import Encoded, collate, encode
 from forgetlab.data.mllmu import available_splits, load_split, load_training
-from forgetlab.data.schema import Sample
+from forgetlab.data.schema import FT_SPLIT, HOLDOUT_SPLIT, Sample
+from forgetlab.data.synth import benchmark_digest
 from forgetlab.io import atomic_dir, write_json
 from forgetlab.models.groups import module_groups
 from forgetlab.models.tiny import Arch, build_tiny_model, save_model
@@ -99,10 +100,14 @@ def is_perception(sample: Sample) -> bool:
 def benchmark_texts(root: Path) -> list[str]:
     """All text of a benchmark folder: what the tiny model's vocabulary is trained on."""
     texts: list[str] = []
-    for s in load_training(root, "ft_Data"):
-        texts += [s.question, s.answer]
-    for split in available_splits(root):
-        if split == "ft_Data" or split.startswith(("forget_", "retain_")):
+    present = available_splits(root)
+    # a real model's vocabulary covers words it was never fine-tuned on: the holdout people too
+    for split in (FT_SPLIT, HOLDOUT_SPLIT):
+        if split in present or split == FT_SPLIT:
+            for s in load_training(root, split):
+                texts += [s.question, s.answer]
+    for split in present:
+        if split in (FT_SPLIT, HOLDOUT_SPLIT) or split.startswith(("forget_", "retain_")):
             continue
         for s in load_split(root, split):
             texts += [s.question, s.answer, *(s.options or {}).values()]
@@ -218,7 +223,7 @@ def finetune(
     for stage, epochs in stages:
         for epoch in range(epochs):
             examples = sampler.epoch(stage)
-            total = 0.0
+            total, n_examples = 0.0, len(examples)
             for k in range(0, len(examples), config.batch_size):
                 chunk = examples[k : k + config.batch_size]
                 batch = collate(chunk, pad_id)
@@ -240,12 +245,12 @@ def finetune(
                     progress(stage, step, max(n_steps, step))
                 if verbose and step % 100 == 0:
                     print(f"step {step}/{n_steps} {stage} loss {loss.item():.3f} {time.time() - t0:.0f}s", flush=True)
-            seen += len(examples)
+            seen += n_examples
             log.append(
                 {
                     "stage": stage,
                     "epoch": epoch,
-                    "loss": total / max(len(examples), 1),
+                    "loss": total / max(n_examples, 1),
                     "step": step,
                     "seconds": round(time.time() - t0, 1),
                 }
@@ -259,6 +264,7 @@ def finetune(
     summary = {
         "config": config.model_dump(),
         "data": str(data),
+        "data_digest": benchmark_digest(Path(data)),
         "n_train_pairs": len(samples),
         "examples_seen": seen,
         "vision_pretrain": vision_summary,

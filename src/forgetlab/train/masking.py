@@ -8,7 +8,9 @@ a *preserve* set, per module group, with the paper's preserve sets:
   people included (so text knowledge about them is protected), + retain VQA;
 - I_f is always computed on forget VQA.
 
-Importance uses :func:`forgetlab.importance.fisher_importance` (fp32, on the model's device).
+Importance uses :func:`forgetlab.importance.fisher_importance` (fp32, on the model's device); with a
+``shard`` of several processes each process takes every N-th batch of each pass and the sums are
+all-reduced, so every process gets the one-process importance (up to float summation order).
 The language preserve importance is the batch-count-weighted mean of the retain-VQA and QA
 passes, i.e. the mean over all preserve batches, each batch holding one modality.
 
@@ -34,6 +36,7 @@ from torch import nn
 from forgetlab.data.collate import Span, encode
 from forgetlab.data.mllmu import load_training
 from forgetlab.data.schema import Sample, forget_split, retain_split
+from forgetlab.dist.shard import Shard
 from forgetlab.importance import Estimator, fisher_importance
 from forgetlab.masks import Mask, MaskError, importance_ratio_mask
 from forgetlab.models.groups import is_linear_weight, params_in
@@ -110,6 +113,7 @@ def group_importance(
     linear_only: bool = False,
     span: Span = "full",
     batch_size: int = 8,
+    shard: Shard | None = None,
 ) -> GroupImportance:
     """Fisher importance on forget VQA and on each group's preserve set (see the module doc)."""
     sets = preserve_sets(forget, retain)
@@ -121,7 +125,7 @@ def group_importance(
             raise ValueError(f"the preserve set of the {g} group ({' + '.join(PRESERVE[g])}) is empty")
     pad_id = getattr(processor, "tokenizer", processor).pad_token_id
     encoded = {k: [encode(processor, s, span=span) for s in v] for k, v in sets.items()}
-    kw = {"pad_id": pad_id, "estimator": estimator, "batch_size": batch_size}
+    kw = {"pad_id": pad_id, "estimator": estimator, "batch_size": batch_size, "shard": shard}
     every = set().union(*names.values())
     i_forget = fisher_importance(model, encoded["forget_vqa"], every, **kw)
     # one pass per preserve set; QA holds no image, so only the language group needs it
@@ -154,11 +158,12 @@ def mask_from_samples(
     linear_only: bool = False,
     span: Span = "full",
     batch_size: int = 8,
+    shard: Shard | None = None,
 ) -> Mask:
     """MMUnlearner's mask from the samples of a forget and a retain split (see the module doc)."""
     imp = group_importance(
         model, processor, forget, retain, groups=groups, estimator=estimator,
-        linear_only=linear_only, span=span, batch_size=batch_size,
+        linear_only=linear_only, span=span, batch_size=batch_size, shard=shard,
     )  # fmt: skip
     tensors = importance_ratio_mask(imp.forget, imp.preserve, gamma=gamma, top_k=top_k)
     selected = {
@@ -193,13 +198,14 @@ def compute_mask(
     linear_only: bool = False,
     span: Span = "full",
     batch_size: int = 8,
+    shard: Shard | None = None,
 ) -> Mask:
     """MMUnlearner's mask for the ``forget_<ratio>`` / ``retain_<100-ratio>`` training splits of a benchmark."""
     forget = load_training(data_root, forget_split(forget_ratio))
     retain = load_training(data_root, retain_split(forget_ratio))
     mask = mask_from_samples(
         model, processor, forget, retain, groups=groups, gamma=gamma, top_k=top_k,
-        estimator=estimator, linear_only=linear_only, span=span, batch_size=batch_size,
+        estimator=estimator, linear_only=linear_only, span=span, batch_size=batch_size, shard=shard,
     )  # fmt: skip
     mask.metadata["forget_ratio"] = str(forget_ratio)
     return mask

@@ -17,6 +17,7 @@ from forgetlab.data.schema import FORGET_RATIOS
 from forgetlab.methods import UnlearnMethod, build_method
 
 ModalityChoice = Literal["vqa", "qa", "both"]
+OptimizerState = Literal["full", "packed"]
 
 
 class LoraSettings(BaseModel):
@@ -50,6 +51,11 @@ class UnlearnConfig(BaseModel):
     seed: int = 0
     span: Span = Field("full", description="label span: 'full' (prompt + answer, as the reference) or 'answer'")
     pairing: Pairing = Field("joint", description="'joint' forget+retain per step, or 'interleave' (reference)")
+    retain_step_loss: Literal["nll", "kl"] = Field(
+        "nll",
+        description="loss of interleaved retain steps: 'nll' descent on retain answers (reference) or 'kl' to the "
+        "starting model on them (keeps its retain outputs instead of training them further)",
+    )
     forget_modality: ModalityChoice = Field("vqa", description="forget samples used for training")
     retain_modality: ModalityChoice = Field("both", description="retain samples used for training")
     max_grad_norm: float | None = Field(1.0, gt=0, description="clip the (masked) gradient norm; None = no clip")
@@ -59,6 +65,11 @@ class UnlearnConfig(BaseModel):
     gradient_checkpointing: bool = False
     bf16: bool = Field(False, description="bf16 autocast (weights and optimizer stay fp32)")
     mask: Path | None = Field(None, description="precomputed mask.safetensors for a masked method")
+    optimizer_state: OptimizerState = Field(
+        "full",
+        description="masked methods: 'full' Adam state for every masked element (MaskedAdamW), or 'packed' "
+        "state for the selected elements only (PackedMaskedAdamW: less memory; no unmasked retain steps)",
+    )
 
     @model_validator(mode="after")
     def _cross_fields(self) -> UnlearnConfig:
@@ -75,6 +86,13 @@ class UnlearnConfig(BaseModel):
             )
         if self.mask is not None and not method.requires_mask:
             raise ValueError(f"mask is set but method {self.method!r} uses no parameter mask")
+        if self.optimizer_state == "packed" and not method.requires_mask:
+            raise ValueError(f"optimizer_state='packed' needs a masked method; {self.method!r} uses no parameter mask")
+        if self.optimizer_state == "packed" and self.pairing == "interleave" and method.config.retain_weight > 0:
+            raise ValueError(
+                "optimizer_state='packed' cannot take the unmasked retain steps of pairing='interleave' (they move "
+                "every element); use pairing='joint', retain_weight=0 or optimizer_state='full'"
+            )
         if self.pairing == "joint" and (self.retain_weight or 0) > 0 and method.config.retain_loss == "none":
             raise ValueError(
                 f"retain_weight={self.retain_weight} has no effect: method {self.method!r} has "

@@ -125,13 +125,32 @@ def subset_metrics(rows: Sequence[Mapping[str, Any]], ids: Sequence[str]) -> Met
 
 
 def recoveries(original: Mapping[str, Any], unlearned: Mapping[str, Any], relearned: Mapping[str, Any]) -> dict:
-    """Per-half and retain recovery of each metric, and the per-half headline (mean of the defined ones)."""
+    """Per-half and retain recovery of each metric, and the per-half headline.
+
+    The headline is the share of the *total* lost accuracy that came back, pooled over the
+    metrics whose recovery is defined: ``Σ(rel − unl) / Σ(orig − unl)``. That is the gap-weighted
+    mean of the per-metric recoveries, so a metric that lost one question (a recovery of 0 or 1
+    from noise) cannot outweigh one that lost half its questions, as a plain mean would let it.
+    """
     out: dict[str, Any] = {}
     for part, names in [*((h, FORGET_METRICS) for h in HALVES), ("retain", RETAIN_METRICS)]:
         out[part] = {m: recovery(original[part].get(m), unlearned[part].get(m), relearned[part].get(m)) for m in names}
-    defined = {h: [v for v in out[h].values() if v is not None] for h in HALVES}
-    out["headline"] = {h: (statistics.fmean(v) if v else None) for h, v in defined.items()}
+    out["headline"] = {h: pooled_recovery(original[h], unlearned[h], relearned[h], out[h]) for h in HALVES}
     return out
+
+
+def pooled_recovery(
+    original: Mapping[str, Any],
+    unlearned: Mapping[str, Any],
+    relearned: Mapping[str, Any],
+    per_metric: Mapping[str, float | None],
+) -> float | None:
+    """``Σ(rel − unl) / Σ(orig − unl)`` over the metrics whose recovery (``per_metric``) is defined."""
+    defined = [m for m, v in per_metric.items() if v is not None]
+    if not defined:
+        return None
+    lost = sum(original[m] - unlearned[m] for m in defined)
+    return sum(relearned[m] - unlearned[m] for m in defined) / lost
 
 
 def forgotten(original: Mapping[str, Any], unlearned: Mapping[str, Any]) -> dict[str, dict[str, float | None]]:
