@@ -241,3 +241,10 @@ def test_lora_is_refused_for_mmunlearner_on_every_entry_point(tmp_path) -> None:
     assert result.exit_code == 2
     assert "lora is refused for masked method 'mmunlearner'" in result.output
     assert "cannot restrict the LoRA delta BA" in result.output and not (tmp_path / "o").exists()
+
+
+def test_model_code_runs_only_when_the_config_says_so() -> None:
+    from forgetlab.run_config import ModelSpec
+
+    assert ModelSpec(path=Path("m")).trust_remote_code is False
+    assert ModelSpec(path=Path("m"), trust_remote_code=True).trust_remote_code is True

@@ -80,22 +80,59 @@ def _original(data: Path, model_dir: Path, config: FinetuneConfig, console: Cons
     console.print(f"original model trained in {summary['seconds']:.0f} s")
 
 
-def _examples(data: Path, rows: list[dict], n: int = 4) -> list[ExampleCard]:
-    """Cards for the first ``n`` forgotten people: image + VQA questions with the model's answer."""
+def _card_samples(data: Path, n: int = 4) -> list:
+    """The MCQs (image and text) of the first ``n`` forgotten people, for the report's example cards."""
     samples = [s for s in load_split(data, forget_split(FORGET_RATIO)) if s.task == "classification"]
-    by_q = {(r["id"], r["question"]): r for r in rows if r["task"] == "classification" and r["set"] == "forget"}
+    people = list(dict.fromkeys(s.person_id for s in samples))[:n]
+    return [s for s in samples if s.person_id in people]
+
+
+def _predictions(model_dir: Path, samples: list) -> list[str | None]:
+    """The letter a model folder picks for each sample (log-likelihood protocol)."""
+    from forgetlab.eval.mcq import answer_mcq
+
+    model, processor = load(model_dir)
+    return [c.predicted for c in answer_mcq(model, processor, samples)]
+
+
+def _examples(samples: list, answers: dict[str, list[str | None]], notes: dict[str, str]) -> list[ExampleCard]:
+    """One card per person: the image, then each question with every model's answer (✓/✗) and the truth."""
     cards: dict[str, ExampleCard] = {}
-    for s in samples:
+    for i, s in enumerate(samples):
         if s.person_id not in cards:
-            if len(cards) == n:
-                continue
             image = next((x.image for x in samples if x.person_id == s.person_id and x.image is not None), None)
-            cards[s.person_id] = ExampleCard(title=s.person_id, image=image)
-        r = by_q.get((s.person_id, s.question))
-        if r and s.options:
-            got = s.options.get(r["predicted"] or "", "?")
-            cards[s.person_id].lines.append((s.question, f"{got} (truth: {s.answer})", r["hit"]))
+            title = s.person_id + (f" ({notes[s.person_id]})" if s.person_id in notes else "")
+            cards[s.person_id] = ExampleCard(title=title, image=image)
+        said = []
+        for label, letters in answers.items():
+            got = (s.options or {}).get(letters[i] or "", "?")
+            said.append(f"{label}: {got} {'✓' if letters[i] == s.correct else '✗'}")
+        cards[s.person_id].lines.append((s.question, " · ".join(said) + f" (truth: {s.answer})", None))
     return list(cards.values())
+
+
+def example_answers(out: Path, data: Path, original_rows: list[dict], models: dict[str, dict]) -> tuple:
+    """(samples, answers, notes) of the example cards: the original's answers and, for MMUnlearner's
+    chosen run (else the first verified run), the unlearned and the relearned model's (memoised)."""
+    samples = _card_samples(data)
+    mcq = [r for r in original_rows if r["task"] == "classification" and r["set"] == "forget"]
+    by_q = {(r["id"], r["question"]): r for r in mcq}
+    answers = {"original": [(by_q.get((s.person_id, s.question)) or {}).get("predicted") for s in samples]}
+    verified = [k for k, m in models.items() if m.get("chosen") and "relearn" in m]
+    name = next((k for k in verified if models[k]["method"] == "mmunlearner"), verified[0] if verified else None)
+    notes: dict[str, str] = {}
+    if name is None:
+        return samples, answers, notes
+    relearned = out / "verify" / name / "relearn" / "model"
+    for label, path in ((name, out / "models" / name), ("after relearning", relearned)):
+        if (path / "config.json").exists():
+            key = model_key(path) | {"questions": [s.question + s.person_id for s in samples]}
+            answers[label] = memo(out / "cache" / f"examples_{path.parent.name}_{path.name}.json", key,
+                                  lambda path=path: _predictions(path, samples))  # fmt: skip
+    people = models[name]["relearn"].get("people") or {}
+    notes = {p: "relearned" for p in people.get("relearned_people", [])}
+    notes |= {p: "held out" for p in people.get("held_out_people", [])}
+    return samples, answers, notes
 
 
 def model_key(model_dir: Path) -> dict:
@@ -346,7 +383,12 @@ def _report(
                 )
     if runs:
         report.add("Every run (method@learning rate)", metrics_table(runs, baseline=None))
-    report.add("Forgotten people: what the original model answers", example_cards(_examples(data, original_rows)))
+    samples, answers, notes = example_answers(out, data, original_rows, models)
+    report.add(
+        "Forgotten people: answers before unlearning, after it, and after the relearning attack",
+        example_cards(_examples(samples, answers, notes))
+        + "<p class='muted'>(relearned) / (held out): whether the relearning attack trained on this person.</p>",
+    )
     report.write(out / "report.html")
 
 

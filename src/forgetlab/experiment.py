@@ -61,8 +61,8 @@ def _free() -> None:
         torch.cuda.empty_cache()
 
 
-def _load(path: Path, dtype: str) -> tuple[torch.nn.Module, Any]:
-    model, processor = load(path, dtype=DTYPES[dtype])
+def _load(path: Path, dtype: str, trust_remote_code: bool = False) -> tuple[torch.nn.Module, Any]:
+    model, processor = load(path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code)
     return model.to(_device()).eval(), processor
 
 
@@ -254,7 +254,7 @@ def run_experiment(config: RunConfig, progress: Progress = None) -> dict[str, An
         if issubclass(w.category, DataWarning):
             state["warnings"].append(str(w.message))
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    model, processor = _load(config.model.path, config.model.dtype)
+    model, processor = _load(config.model.path, config.model.dtype, config.model.trust_remote_code)
     with _autocast(config):
         original = evaluate_benchmark(data, model, processor, **_eval_kwargs(config))
     write_jsonl(out / "answers" / "original.jsonl", original[1])
@@ -273,7 +273,7 @@ def run_experiment(config: RunConfig, progress: Progress = None) -> dict[str, An
     stage("unlearn", t)
 
     t = time.time()
-    model, processor = _load(unlearned_dir, config.model.dtype)
+    model, processor = _load(unlearned_dir, config.model.dtype, config.model.trust_remote_code)
     with _autocast(config):
         unlearned = evaluate_benchmark(data, model, processor, **_eval_kwargs(config))
     write_jsonl(out / "answers" / "unlearned.jsonl", unlearned[1])

@@ -44,6 +44,9 @@ class ModelSpec(_Section):
     path: Path = Field(description="local model folder (config.json + *.safetensors + processor files)")
     source: str | None = Field(None, description="where to obtain it, e.g. the HF repo id (used in error messages)")
     dtype: DType = Field("float32", description="weight dtype for training and evaluation (bfloat16 halves memory)")
+    trust_remote_code: bool = Field(
+        False, description="run Python code shipped inside the model folder (off: such folders are refused)"
+    )
 
 
 class BenchmarkSpec(_Section):

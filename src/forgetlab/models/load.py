@@ -48,7 +48,8 @@ def _refused(path: Path, exc: Exception) -> ModelPathError:
     if "trust_remote_code" in text or "custom code" in text:
         return ModelPathError(
             f"{path} ships its own Python code (config.json auto_map); forgetlab does not run code from a model "
-            "folder unless trust_remote_code=True is passed explicitly. Use a natively supported architecture."
+            "folder unless trust_remote_code=True is passed explicitly (a run config: model.trust_remote_code: true). "
+            "Use a natively supported architecture."
         )
     pickled = " (its pickled .bin/.pt weights are never read)" if [*path.glob("*.bin"), *path.glob("*.pt")] else ""
     return ModelPathError(f"cannot load {path}: {text}{pickled}")
