@@ -85,3 +85,13 @@ def test_rerun_reuses_every_stage(demo) -> None:
     strip = {"seconds", "stage_seconds"}
     assert {k: v for k, v in again.items() if k not in strip} == {k: v for k, v in metrics.items() if k not in strip}
     assert set(again["stage_seconds"]) == {"synth", "finetune", "evaluate original", "sweep", "regimes", "verify"}
+
+
+def test_a_sweep_run_is_reused_only_with_the_same_config(demo) -> None:
+    from forgetlab.sweep import COMMON, _same_config
+    from forgetlab.train.unlearn import UnlearnConfig
+
+    out, _ = demo
+    run = out / "models" / "ga@0.001"
+    assert _same_config(run, UnlearnConfig(method="ga", lr=1e-3, forget_ratio=10, **COMMON))
+    assert not _same_config(run, UnlearnConfig(method="ga", lr=1e-3, forget_ratio=10, **(COMMON | {"span": "answer"})))

@@ -336,7 +336,8 @@ def _report(
         "Results (MCQ accuracy, log-likelihood protocol; each method at its chosen learning rate)",
         metrics_table(chosen, baseline="original")
         + "<p class='muted'>Chosen run per method: forget VQA &le; 0.40 keeping the most forget QA + retain "
-        "VQA + retain QA (else the lowest forget VQA). Green: within 0.05 of the original.</p>",
+        "VQA + retain QA (else the lowest forget VQA). Green: within 0.05 of the original. Every method's loss "
+        "covers the whole sequence (the reference's span) except SimNPO's, defined on the answer tokens.</p>",
     )
     if runs:
         report.add(

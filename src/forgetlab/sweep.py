@@ -3,7 +3,9 @@
 The sweep is data (:data:`DEMO_SWEEP`): a method name, the learning rates to try and the
 config overrides that define the setting. All runs unlearn ``forget_<r>``'s VQA with the
 reference's full-sequence label span (see ``data/collate.py``), so methods differ only by
-their loss (and MMUnlearner by its mask).
+their loss (and MMUnlearner by its mask) — except SimNPO, whose loss is defined on response
+tokens only (each row records its ``span``). A run is reused only when its folder holds an
+unlearning with exactly the requested config.
 """
 
 from __future__ import annotations
@@ -35,8 +37,9 @@ DEMO_SWEEP: tuple[MethodSweep, ...] = (
     MethodSweep("ga_diff", (3e-5, 1e-4)),
     MethodSweep("kl_min", (3e-5, 1e-4)),
     MethodSweep("npo", (1e-4, 3e-4)),
-    # SimNPO's beta=4.5 saturates the sigmoid (gradient ~ 2*sigmoid(-beta*NLL)): it needs larger steps
-    MethodSweep("simnpo", (1e-3, 3e-3)),
+    # SimNPO is defined on response tokens: over the full sequence its length-normalised NLL includes
+    # the prompt, beta=4.5 saturates the sigmoid (gradient ~ 2*sigmoid(-beta*NLL)) and nothing moves
+    MethodSweep("simnpo", (3e-5, 1e-4), {"span": "answer"}),
     MethodSweep("rlabel", (1e-4, 3e-4)),
     MethodSweep("rmu", (1e-3, 3e-3), {"method_args": {"layer": 2}}),
     MethodSweep("salun", (1e-4, 3e-4)),
@@ -63,6 +66,14 @@ def choose(rows: dict[str, dict], target_forget_vqa: float = 0.40) -> str:
     if hits:
         return max(hits, key=lambda k: kept(hits[k]))
     return min(rows, key=lambda k: rows[k].get("forget_vqa_acc") or 1.0)
+
+
+def _same_config(run: Path, cfg: UnlearnConfig) -> bool:
+    """Whether ``run`` holds a finished unlearning with exactly this config (else it is redone)."""
+    import json
+
+    done = run / "unlearn.json"
+    return done.exists() and json.loads(done.read_text()).get("config") == json.loads(json.dumps(cfg.resolved()))
 
 
 def _mask_of(run: Path) -> Path | None:
@@ -97,20 +108,21 @@ def run_sweep(
             name = run_name(sw, lr)
             out = models_dir / name
             cached = out / "eval.json"
-            if cached.exists() and (out / "unlearn.json").exists():
+            overrides = COMMON | sw.overrides | ({"mask": str(shared_mask)} if shared_mask else {})
+            cfg = UnlearnConfig(method=sw.method, lr=lr, forget_ratio=forget_ratio, **overrides)
+            if cached.exists() and _same_config(out, cfg):
                 per_method[name] = json.loads(cached.read_text())
                 shared_mask = shared_mask or _mask_of(out)
                 continue
             if on_run:
                 on_run(name)
-            overrides = COMMON | sw.overrides | ({"mask": str(shared_mask)} if shared_mask else {})
-            cfg = UnlearnConfig(method=sw.method, lr=lr, forget_ratio=forget_ratio, **overrides)
             info = unlearn(original, data, out, cfg, progress=progress)
             model, processor = load(out)
             metrics = evaluate(
                 model, processor, data, EvalConfig(forget_ratio=forget_ratio, generation=False), eval_sets=eval_sets
             ).metrics
-            metrics |= {"method": sw.method, "lr": lr, "train_seconds": info["timings"].get("train_s")}
+            train_s = info["timings"].get("train_s")
+            metrics |= {"method": sw.method, "lr": lr, "span": cfg.span, "train_seconds": train_s}
             write_json(cached, metrics)
             per_method[name] = metrics
             shared_mask = shared_mask or _mask_of(out)
