@@ -111,25 +111,27 @@ def eval_(
 
 
 def print_metrics(models: dict[str, dict]) -> None:
-    """A rich table of MCQ accuracies, one row per model."""
-    cols = [
-        "forget_vqa_acc",
-        "forget_qa_acc",
-        "test_vqa_acc",
-        "retain_vqa_acc",
-        "retain_qa_acc",
-        "realworld_vqa_acc",
-        "realworld_qa_acc",
-        "perception_vqa_acc",
-        "world_qa_acc",
-    ]
+    """A rich table of MCQ accuracies, one row per model (the verdict too, where there is one)."""
+    cols = {
+        "forget_vqa_acc": "forget VQA",
+        "forget_qa_acc": "forget QA",
+        "test_vqa_acc": "test VQA",
+        "retain_vqa_acc": "retain VQA",
+        "retain_qa_acc": "retain QA",
+        "realworld_vqa_acc": "real VQA",
+        "realworld_qa_acc": "real QA",
+    }
+    verdicts = any("verdict" in m for m in models.values())
     table = Table(title="MCQ accuracy")
-    table.add_column("model")
-    for c in cols:
-        table.add_column(c.replace("_acc", "").replace("_", " "), justify="right")
+    table.add_column("model", no_wrap=True)
+    for title in cols.values():
+        table.add_column(title, justify="right")
+    if verdicts:
+        table.add_column("verdict", no_wrap=True)
     for name, m in models.items():
-        table.add_row(name, *[("-" if m.get(c) is None else f"{m[c]:.2f}") for c in cols])
-    Console().print(table)
+        cells = [("-" if m.get(c) is None else f"{m[c]:.2f}") for c in cols]
+        table.add_row(name, *cells, *([m.get("verdict") or ""] if verdicts else []))
+    Console(width=max(140, Console().width)).print(table)
 
 
 @app.command()
@@ -147,7 +149,8 @@ def demo(
         result = run_demo(out, DemoPlan(people=people, seed=seed), console=console)
     except (ValueError, OSError, OutputLocked) as e:  # OSError: e.g. a full disk (forgetlab.io.WriteFailed)
         _fail(str(e))
-    print_metrics(result["models"])
+    chosen = {k: m for k, m in result["models"].items() if k == "original" or m.get("chosen")}
+    print_metrics(chosen | result.get("regimes", {}))
     console.print(f"report: [bold]{out / 'report.html'}[/]  metrics: [bold]{out / 'metrics.json'}[/]")
 
 

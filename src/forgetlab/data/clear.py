@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from forgetlab.data.hf_local import available_configs, read_config, text_list, text_value
+from forgetlab.data.hf_local import available_configs, read_config, split_configs, text_list, text_value
 from forgetlab.data.mllmu import DataError, _decode_image
 from forgetlab.data.schema import Sample
 
@@ -62,15 +62,12 @@ TOFU_QUESTIONS_PER_AUTHOR = 20
 
 def forget_config(percent: int) -> str:
     """``forget05`` for 5."""
-    if percent not in FORGET_PERCENTS:
-        raise ValueError(f"CLEAR forget percentage {percent!r} is not one of {list(FORGET_PERCENTS)}")
-    return f"forget{percent:02d}"
+    return split_configs("CLEAR", percent, FORGET_PERCENTS)[0]
 
 
 def retain_config(percent: int) -> str:
     """``retain95`` for a forget percentage of 5."""
-    forget_config(percent)
-    return f"retain{100 - percent}"
+    return split_configs("CLEAR", percent, FORGET_PERCENTS)[1]
 
 
 def configs(root: Path | str) -> list[str]:

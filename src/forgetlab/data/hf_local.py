@@ -62,6 +62,13 @@ def available_configs(root: Path | str, repo: str) -> list[str]:
     return sorted(names)
 
 
+def split_configs(benchmark: str, percent: int, allowed: Sequence[int]) -> tuple[str, str]:
+    """``("forget05", "retain95")`` for 5: the forget/retain config names TOFU and CLEAR share."""
+    if percent not in allowed:
+        raise ValueError(f"{benchmark} forget percentage {percent!r} is not one of {list(allowed)}")
+    return f"forget{percent:02d}", f"retain{100 - percent}"
+
+
 def _json_rows(path: Path) -> list[dict[str, Any]]:
     try:
         text = path.read_text(encoding="utf-8").strip()

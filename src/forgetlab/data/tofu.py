@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from forgetlab.data.hf_local import available_configs, read_config, text_list, text_value
+from forgetlab.data.hf_local import available_configs, read_config, split_configs, text_list, text_value
 from forgetlab.data.schema import Sample
 
 REPO = "locuslab/TOFU"
@@ -58,15 +58,12 @@ class TruthRatioItem:
 
 def forget_config(percent: int) -> str:
     """``forget05`` for 5."""
-    if percent not in FORGET_PERCENTS:
-        raise ValueError(f"TOFU forget percentage {percent!r} is not one of {list(FORGET_PERCENTS)}")
-    return f"forget{percent:02d}"
+    return split_configs("TOFU", percent, FORGET_PERCENTS)[0]
 
 
 def retain_config(percent: int) -> str:
     """``retain95`` for a forget percentage of 5."""
-    forget_config(percent)
-    return f"retain{100 - percent}"
+    return split_configs("TOFU", percent, FORGET_PERCENTS)[1]
 
 
 def holdout_config(percent: int) -> str:
