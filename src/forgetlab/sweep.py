@@ -10,6 +10,7 @@ unlearning with exactly the requested config.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,8 +71,6 @@ def choose(rows: dict[str, dict], target_forget_vqa: float = 0.40) -> str:
 
 def _same_config(run: Path, cfg: UnlearnConfig) -> bool:
     """Whether ``run`` holds a finished unlearning with exactly this config (else it is redone)."""
-    import json
-
     done = run / "unlearn.json"
     return done.exists() and json.loads(done.read_text()).get("config") == json.loads(json.dumps(cfg.resolved()))
 
@@ -96,8 +95,6 @@ def run_sweep(
     Each model is saved under ``models_dir/<method>@<lr>``; a run whose folder already holds
     an ``unlearn.json`` and ``metrics.json`` is reused (resumable).
     """
-    import json
-
     from forgetlab.io import write_json
 
     results: dict[str, dict] = {}

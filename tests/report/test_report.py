@@ -52,7 +52,7 @@ def test_tradeoff_plot_is_a_png():
 
 
 def test_verdict_table_and_depth_plot():
-    from forgetlab.demo import verdict_table
+    from forgetlab.report.html import verdict_table
     from forgetlab.report.plots import depth_plot
 
     curves = {"layers": ["language.0", "language.1"], "cka": [0.99, None], "pca_similarity": [0.9, 0.5]}

@@ -120,6 +120,32 @@ def metrics_table(
     return f"<table>{head}{''.join(body)}</table>"
 
 
+def verdict_table(models: dict[str, dict]) -> str:
+    """One row per verified model: forgetting, relearning recovery, representations, MIA, verdict."""
+    head = (
+        "<tr><th>model</th><th>forget VQA</th><th>retain VQA</th><th>recovery, relearned people</th>"
+        "<th>recovery, held-out people</th><th>median LLM CKA</th><th>min CKA</th><th>MIA AUC (loss, VQA)</th>"
+        "<th>verdict</th></tr>"
+    )
+    body = []
+    for name, m in models.items():
+        if "verdict" not in m:
+            continue
+        rec = (m.get("relearn") or {}).get("recovery", {}).get("headline", {})
+        ev = m.get("evidence") or {}
+        cka = [c for c in (m.get("probe") or {}).get("cka", []) if c is not None]
+        auc = ((m.get("mia") or {}).get("vqa") or {}).get("loss")
+        cells = [
+            m.get("forget_vqa_acc"), m.get("retain_vqa_acc"), rec.get("relearned_people"), rec.get("held_out_people"),
+            ev.get("cka_median"), min(cka) if cka else None, auc,
+        ]  # fmt: skip
+        tds = "".join(f"<td class='num'>{fmt(v)}</td>" for v in cells)
+        body.append(
+            f"<tr><th>{esc(name)}</th>{tds}<td title='{esc(m.get('verdict_rule'))}'>{esc(m['verdict'])}</td></tr>"
+        )
+    return f"<table>{head}{''.join(body)}</table>"
+
+
 def example_cards(cards: Sequence[ExampleCard]) -> str:
     out = []
     for c in cards:

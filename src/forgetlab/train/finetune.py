@@ -102,10 +102,10 @@ def benchmark_texts(root: Path) -> list[str]:
     texts: list[str] = []
     present = available_splits(root)
     # a real model's vocabulary covers words it was never fine-tuned on: the holdout people too
-    for split in (FT_SPLIT, HOLDOUT_SPLIT):
-        if split in present or split == FT_SPLIT:
-            for s in load_training(root, split):
-                texts += [s.question, s.answer]
+    training = [FT_SPLIT, HOLDOUT_SPLIT] if HOLDOUT_SPLIT in present else [FT_SPLIT]
+    for split in training:
+        for s in load_training(root, split):
+            texts += [s.question, s.answer]
     for split in present:
         if split in (FT_SPLIT, HOLDOUT_SPLIT) or split.startswith(("forget_", "retain_")):
             continue
@@ -223,7 +223,7 @@ def finetune(
     for stage, epochs in stages:
         for epoch in range(epochs):
             examples = sampler.epoch(stage)
-            total, n_examples = 0.0, len(examples)
+            total = 0.0
             for k in range(0, len(examples), config.batch_size):
                 chunk = examples[k : k + config.batch_size]
                 batch = collate(chunk, pad_id)
@@ -245,12 +245,12 @@ def finetune(
                     progress(stage, step, max(n_steps, step))
                 if verbose and step % 100 == 0:
                     print(f"step {step}/{n_steps} {stage} loss {loss.item():.3f} {time.time() - t0:.0f}s", flush=True)
-            seen += n_examples
+            seen += len(examples)
             log.append(
                 {
                     "stage": stage,
                     "epoch": epoch,
-                    "loss": total / max(n_examples, 1),
+                    "loss": total / max(len(examples), 1),
                     "step": step,
                     "seconds": round(time.time() - t0, 1),
                 }
