@@ -7,7 +7,7 @@ STAMP := $(VENV)/.forgetlab-installed
 # machine's disk; letting pip resolve a bare `torch` would pull a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
 
-.PHONY: setup demo test bench lint clean
+.PHONY: setup demo test bench lint clean chromium
 
 setup: $(STAMP)
 
@@ -21,11 +21,17 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/forgetlab demo --out runs/demo
 
-test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider
+test: $(STAMP) chromium
+	FORGETLAB_REQUIRE_CHROMIUM=1 $(PY) -m pytest -q -p no:cacheprovider
+
+# Debian's chromium, for the test that renders the report headless (not a pip package; as root or with sudo)
+chromium:
+	@command -v chromium >/dev/null || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
 
 bench: $(STAMP)
-	for f in bench/bench_*.py; do $(PY) $$f || exit 1; done
+	$(PY) -m pip install -q -e '.[bench]' || echo "bench extra not installed: the ckatorch and representational-analysis rows will say so"
+	$(PY) bench/run_all.py $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench

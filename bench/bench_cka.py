@@ -1,6 +1,7 @@
 """Time forgetlab's linear CKA against PyPI ``ckatorch`` on the same random activations.
 
-Run: ``.venv/bin/python bench/bench_cka.py [--n 512] [--d 1024] [--layers 20] [--device cpu]``.
+Run: ``.venv/bin/python bench/bench_cka.py [--n 512] [--d 1024] [--layers 20] [--device cpu] [--threads N]
+[--quick]`` (``--quick``: the same sizes; ``--rows-json PATH``: the table rows for ``bench/run_all.py``).
 A script, not a test. ckatorch (1.0.3) provides ``cka_base`` (full-batch CKA; biased by default,
 ``unbiased=True`` gives Kornblith's debiased CKA) and ``cka_batch`` (Nguyen et al. minibatch CKA,
 unbiased HSIC_1). Both sides get torch float64 inputs and compute in float64; each value pair is
@@ -16,6 +17,7 @@ import time
 import types
 
 import torch
+from _common import add_common_args, emit, parse, row
 
 from forgetlab.probe import StreamingCKA, linear_cka
 
@@ -56,15 +58,11 @@ def timed_pair(ours, theirs, pairs) -> tuple[float, list[float], float, list[flo
     return t_ours, v_ours, t_theirs, v_theirs
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=512)
-    ap.add_argument("--d", type=int, default=1024)
-    ap.add_argument("--layers", type=int, default=20)
-    ap.add_argument("--batch", type=int, default=128, help="minibatch size for the minibatch rows")
-    ap.add_argument("--device", default="cpu")
-    args = ap.parse_args()
+QUICK: dict = {}  # the default sizes take seconds at one thread
+INSTALL = "pip install --no-deps ckatorch==1.0.3  (or: pip install -e '.[bench]')"
 
+
+def measure(args: argparse.Namespace) -> dict:
     gen = torch.Generator().manual_seed(0)
     pairs = []
     for layer in range(args.layers):
@@ -92,27 +90,94 @@ def main() -> None:
     def theirs_mb(x, y):
         return core.cka_batch(x.reshape(-1, b, x.shape[1]), y.reshape(-1, b, y.shape[1]))
 
-    rows = [
+    estimators = [
         ("biased", lambda x, y: linear_cka(x, y, debiased=False), "cka_base(unbiased=False)",
          lambda x, y: core.cka_base(x, y, unbiased=False)),
         ("debiased", lambda x, y: linear_cka(x, y, debiased=True), "cka_base(unbiased=True)",
          lambda x, y: core.cka_base(x, y, unbiased=True)),
         (f"minibatch b={b}", ours_mb, "cka_batch (HSIC_1)", theirs_mb),
     ]  # fmt: skip
-    print(f"{'estimator':<18}{'ours s':>9}{'theirs s':>10}{'ratio':>8}{'max|diff|':>12}  ckatorch function")
-    for name, ours, their_name, theirs in rows:
+    results = []
+    for name, ours, their_name, theirs in estimators:
         t_ours, v_ours, t_theirs, v_theirs = timed_pair(ours, theirs if core else None, pairs)
-        if core is None:
-            print(f"{name:<18}{t_ours:>9.3f}{'-':>10}{'-':>8}{'-':>12}")
-            continue
-        diff = max(abs(a - c) for a, c in zip(v_ours, v_theirs, strict=True))
-        ratio = t_theirs / t_ours
-        print(f"{name:<18}{t_ours:>9.3f}{t_theirs:>10.3f}{ratio:>8.2f}{diff:>12.2e}  {their_name}")
-    print("ratio = theirs / ours (> 1: ours faster). Values at layers 0, mid, last (ours):")
+        entry = {"estimator": name, "theirs": their_name, "ours_s": t_ours, "theirs_s": None, "max_diff": None}
+        if core is not None:
+            entry["theirs_s"] = t_theirs
+            entry["max_diff"] = max(abs(a - c) for a, c in zip(v_ours, v_theirs, strict=True))
+        results.append(entry)
     picks = (0, args.layers // 2, args.layers - 1)
-    deb = ", ".join(f"{linear_cka(*pairs[i]):.4f}" for i in picks)
-    bia = ", ".join(f"{linear_cka(*pairs[i], debiased=False):.4f}" for i in picks)
+    values = {
+        "debiased": [float(linear_cka(*pairs[i])) for i in picks],
+        "biased": [float(linear_cka(*pairs[i], debiased=False)) for i in picks],
+    }
+    return {"results": results, "why": why, "values": values, "threads": torch.get_num_threads()}
+
+
+def report(res: dict) -> None:
+    print(f"{'estimator':<18}{'ours s':>9}{'theirs s':>10}{'ratio':>8}{'max|diff|':>12}  ckatorch function")
+    for e in res["results"]:
+        if e["theirs_s"] is None:
+            print(f"{e['estimator']:<18}{e['ours_s']:>9.3f}{'-':>10}{'-':>8}{'-':>12}")
+            continue
+        ratio = e["theirs_s"] / e["ours_s"]
+        print(f"{e['estimator']:<18}{e['ours_s']:>9.3f}{e['theirs_s']:>10.3f}{ratio:>8.2f}{e['max_diff']:>12.2e}  "
+              f"{e['theirs']}")  # fmt: skip
+    print("ratio = theirs / ours (> 1: ours faster). Values at layers 0, mid, last (ours):")
+    deb = ", ".join(f"{v:.4f}" for v in res["values"]["debiased"])
+    bia = ", ".join(f"{v:.4f}" for v in res["values"]["biased"])
     print(f"  debiased: {deb}   biased: {bia}")
+
+
+def to_rows(res: dict, args: argparse.Namespace) -> list[dict]:
+    name = "CKA vs ckatorch"
+    setting = f"{args.layers} layer pairs of {args.n}x{args.d} float64, {res['threads']} thread(s)"
+    if res["why"] is not None:
+        ours = ", ".join(f"{e['estimator']} {e['ours_s']:.3f} s" for e in res["results"])
+        return [row(name, "linear CKA, forgetlab vs ckatorch 1.0.3", "not installed",
+                    note=f"{res['why']}; {INSTALL}; ours alone: {ours}; {setting}")]  # fmt: skip
+    out = []
+    for e in res["results"]:
+        ratio = e["theirs_s"] / e["ours_s"]
+        agree = e["max_diff"] <= 1e-9
+        out.append(row(
+            name, f"{e['estimator']}: ckatorch time / ours", f"{ratio:.2f}× · |Δ| {e['max_diff']:.0e}",
+            "values agree (|Δ| ≤ 1e-9)", agree,
+            f"ours {e['ours_s']:.3f} s, ckatorch {e['theirs']} {e['theirs_s']:.3f} s; {setting}",
+            ratio=ratio, ours_s=e["ours_s"], theirs_s=e["theirs_s"], max_abs_diff=e["max_diff"],
+        ))  # fmt: skip
+    return out
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=512)
+    ap.add_argument("--d", type=int, default=1024)
+    ap.add_argument("--layers", type=int, default=20)
+    ap.add_argument("--batch", type=int, default=128, help="minibatch size for the minibatch rows")
+    ap.add_argument("--device", default="cpu")
+    add_common_args(ap, threads=None)
+    return ap
+
+
+def _threads(args: argparse.Namespace) -> None:
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+
+
+def rows(quick: bool = True, threads: int | None = 1) -> list[dict]:
+    """Table rows for ``bench/run_all.py`` (``quick``: the ``--quick`` sizes)."""
+    argv = (["--threads", str(threads)] if threads is not None else []) + (["--quick"] if quick else [])
+    args = parse(parser(), QUICK, argv)
+    _threads(args)
+    return to_rows(measure(args), args)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(parser(), QUICK, argv)
+    _threads(args)
+    res = measure(args)
+    report(res)
+    emit(args, to_rows(res, args))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Optimizer state per parameter: plain AdamW vs MaskedAdamW vs PackedMaskedAdamW, measured.
 
-Run: ``.venv/bin/python bench/bench_optimizer_memory.py [--people 20] [--threads 1] [--json]``.
+Run: ``.venv/bin/python bench/bench_optimizer_memory.py [--people 20] [--threads 1] [--json]``
+(``--rows-json PATH``: the table rows for ``bench/run_all.py``; ``--quick`` runs the same sizes).
 A script, not a test. On the tiny LLaVA of the embedded benchmark and a synthetic benchmark of
 ``--people`` people, it computes MMUnlearner's real mask (Fisher ratio, groups=both, gamma=1; and the
 same ranked to the top 10%), takes one real unlearning step with each optimizer through the recipe,
@@ -17,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from _common import add_common_args, emit, parse, quiet_hf, row
 
 
 def prepare(root: Path, people: int) -> tuple[Path, Path]:
@@ -47,41 +49,76 @@ def one_step(model_dir: Path, data: Path, **fields) -> dict:
     return {"bytes": used, "per_param": used / total, "params": total}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--people", type=int, default=20)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    from transformers.utils import logging as hf_logging
+QUICK: dict = {}  # the default sizes take some 30 s
 
+
+def measure(args: argparse.Namespace) -> dict[str, dict]:
     from forgetlab.models.load import load
     from forgetlab.train.masking import compute_mask
 
-    hf_logging.disable_progress_bar()
-    rows: dict[str, dict] = {}
+    runs: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         data, model_dir = prepare(Path(tmp), args.people)
-        rows["AdamW (ga, every parameter)"] = one_step(model_dir, data, method="ga")
+        runs["AdamW (ga, every parameter)"] = one_step(model_dir, data, method="ga")
         for label, top_k in (("gamma=1", None), ("top 10%", 0.1)):
             model, processor = load(model_dir)
             mask = compute_mask(model, processor, data, 10, groups="both", top_k=top_k)
             path = Path(tmp) / f"mask_{top_k}.safetensors"
             mask.save(path)
             for state in ("full", "packed"):
-                row = one_step(model_dir, data, method="mmunlearner", mask=path, optimizer_state=state)
-                row["mask_fraction"] = round(mask.fraction, 4)
-                rows[f"mmunlearner {label}, optimizer_state={state}"] = row
-    if args.json:
-        print(json.dumps(rows, indent=1))
-        return
+                r = one_step(model_dir, data, method="mmunlearner", mask=path, optimizer_state=state)
+                r["mask_fraction"] = round(mask.fraction, 4)
+                runs[f"mmunlearner {label}, optimizer_state={state}"] = r
+    return runs
+
+
+def report(rows: dict[str, dict], args: argparse.Namespace) -> None:
     params = next(iter(rows.values()))["params"]
     print(f"tiny LLaVA, {params / 1e6:.2f} M parameters, {args.people} people; bytes of optimizer tensors")
     print(f"{'run':<44} {'mask':>7} {'bytes':>11} {'B/param':>8}")
     for name, r in rows.items():
         frac = f"{r['mask_fraction']:.1%}" if "mask_fraction" in r else "-"
         print(f"{name:<44} {frac:>7} {r['bytes']:>11,} {r['per_param']:>8.2f}")
+
+
+def to_rows(res: dict[str, dict], args: argparse.Namespace) -> list[dict]:
+    out = []
+    for name, r in res.items():
+        mask = f"mask selects {r['mask_fraction']:.1%}; " if "mask_fraction" in r else ""
+        out.append(row(
+            "optimizer state memory", name, f"{r['per_param']:.2f} B/param",
+            note=f"{mask}{r['bytes']:,} bytes after one real step, {r['params'] / 1e6:.2f} M params",
+            bytes=r["bytes"], per_param=r["per_param"], params=r["params"], mask_fraction=r.get("mask_fraction"),
+        ))  # fmt: skip
+    return out
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--people", type=int, default=20)
+    ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    add_common_args(ap, threads=1)
+    return ap
+
+
+def rows(quick: bool = True, threads: int = 1) -> list[dict]:
+    """Table rows for ``bench/run_all.py`` (``quick``: the ``--quick`` sizes)."""
+    args = parse(parser(), QUICK, ["--threads", str(threads)] + (["--quick"] if quick else []))
+    torch.set_num_threads(args.threads)
+    quiet_hf()
+    return to_rows(measure(args), args)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(parser(), QUICK, argv)
+    torch.set_num_threads(args.threads)
+    quiet_hf()
+    res = measure(args)
+    if args.json:
+        print(json.dumps(res, indent=1))
+    else:
+        report(res, args)
+    emit(args, to_rows(res, args))
 
 
 if __name__ == "__main__":

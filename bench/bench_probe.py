@@ -1,9 +1,11 @@
 """Time forgetlab's representation probe against PyPI ``representational-analysis`` 0.1.3.
 
-Run: ``.venv/bin/python bench/bench_probe.py [--layers 12] [--hidden 64] [--queries 40]``.
+Run: ``.venv/bin/python bench/bench_probe.py [--layers 12] [--hidden 64] [--queries 40] [--quick]``
+(``--quick``: 6 layers, hidden 32, 20 queries, some 30 s; ``--rows-json PATH``: the table rows for
+``bench/run_all.py``).
 A script, not a test. Both sides analyse the same saved tiny ``LlamaForCausalLM`` pair (the
 reference and a copy whose upper half of decoder blocks is perturbed, standing in for an
-unlearned model) on the same queries, on the CPU with one thread, for all four analyses over
+unlearned model) on the same queries, on the CPU with one thread (``--threads``), for all four analyses over
 all layers: CKA, PCA similarity, PCA shift and diagonal Fisher.
 
 * theirs: ``run_feature_analysis(feature, ...)`` once per feature with its defaults
@@ -27,7 +29,6 @@ import argparse
 import contextlib
 import copy
 import math
-import os
 import tempfile
 import time
 import warnings
@@ -35,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import add_common_args, emit, parse, quiet_hf, row, times
 
 from forgetlab.models.tiny_lm import build_tiny_causal_lm
 from forgetlab.probe.run import run_probe
@@ -152,15 +154,12 @@ def fmt(v: float) -> str:
     return "nan" if v is None or not math.isfinite(v) else f"{v:8.4f}"
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--layers", type=int, default=12)
-    ap.add_argument("--hidden", type=int, default=64)
-    ap.add_argument("--queries", type=int, default=40, help="their CKA/Fisher read 10 batches of 4 = 40")
-    ap.add_argument("--out", type=Path, default=None, help="work folder (default: a temporary one)")
-    args = ap.parse_args()
-    torch.set_num_threads(1)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+QUICK = {"layers": 6, "hidden": 32, "queries": 20}  # ``--quick``: their side takes seconds, not minutes
+INSTALL = "pip install --no-deps representational-analysis==0.1.3 pandas  (or: pip install -e '.[bench]')"
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """Both sides on the same pair; the numbers ``report`` and ``to_rows`` need."""
     try:
         import representational_toolkit.analysis  # noqa: F401
 
@@ -176,71 +175,126 @@ def main() -> None:
         ref, upd = build_pair(root / "models", args.layers, args.hidden, queries)
         print(
             f"tiny LlamaForCausalLM: {args.layers} layers, hidden {args.hidden}, {len(queries)} queries, "
-            f"CPU, 1 thread, torch {torch.__version__}"
+            f"CPU, {args.threads} thread(s), torch {torch.__version__}"
         )
 
         t_compute, _ = run_ours(ref, upd, root / "queries.txt", root / "ours-np", args.queries, plots=False)
         t_ours, summary = run_ours(ref, upd, root / "queries.txt", root / "ours", args.queries, plots=True)
         t_warm, _ = run_ours(ref, upd, root / "queries.txt", root / "ours", args.queries, plots=True)
         print(f"  ours (cold cache, with plots) {t_ours:.2f} s", flush=True)
+        theirs, numbers = {}, {}
         if theirs_error is None:
             theirs, numbers = run_theirs(ref, upd, queries, root / "theirs", plots=True)
+    return {"theirs_error": theirs_error, "theirs": theirs, "numbers": numbers, "summary": summary,
+            "t_ours": t_ours, "t_compute": t_compute, "t_warm": t_warm}  # fmt: skip
 
-        print("\n== time for CKA + PCA similarity + PCA shift + Fisher over all layers (seconds) ==")
-        if theirs_error is None:
-            t_theirs = sum(theirs.values())
-            parts = ", ".join(f"{k} {v:.1f}" for k, v in theirs.items())
-            print(f"theirs, as shipped (PDF plots): {t_theirs:8.2f}   ({parts})")
-            print(f"ours, cold cache, PNG plots:    {t_ours:8.2f}   speed-up {t_theirs / t_ours:.1f}x")
-        else:
-            print(f"ours, cold cache, PNG plots:    {t_ours:8.2f}")
-        print(f"ours, cold cache, no plots:     {t_compute:8.2f}")
-        print(f"ours, warm cache (features and Fisher reused), plots: {t_warm:.2f}")
-        print("ours = 2 model loads, 1 forward per batch per model (3 poolings), all layers, CKA debiased +")
-        print("       biased, PCA similarity + eigengap, PCA shift, per-example Fisher, JSON/CSV, 4 groups of plots")
-        if theirs_error is not None:
-            print(f"\nrepresentational-analysis not run: {theirs_error}")
-            return
 
-        res = summary["results"]["mean"]["all"]["updated"]
-        ours_by = {ly: i for i, ly in enumerate(res["layers"])}
-        fisher = summary["fisher"]["reports"]
-        print("\n== per-layer numbers: theirs vs ours (ours: mean pooling over real tokens, BOS and pads excluded) ==")
+def report(m: dict, args: argparse.Namespace) -> None:
+    theirs_error, theirs, numbers, summary = m["theirs_error"], m["theirs"], m["numbers"], m["summary"]
+    t_ours, t_compute, t_warm = m["t_ours"], m["t_compute"], m["t_warm"]
+    print("\n== time for CKA + PCA similarity + PCA shift + Fisher over all layers (seconds) ==")
+    if theirs_error is None:
+        t_theirs = sum(theirs.values())
+        parts = ", ".join(f"{k} {v:.1f}" for k, v in theirs.items())
+        print(f"theirs, as shipped (PDF plots): {t_theirs:8.2f}   ({parts})")
+        print(f"ours, cold cache, PNG plots:    {t_ours:8.2f}   speed-up {t_theirs / t_ours:.1f}x")
+    else:
+        print(f"ours, cold cache, PNG plots:    {t_ours:8.2f}")
+    print(f"ours, cold cache, no plots:     {t_compute:8.2f}")
+    print(f"ours, warm cache (features and Fisher reused), plots: {t_warm:.2f}")
+    print("ours = 2 model loads, 1 forward per batch per model (3 poolings), all layers, CKA debiased +")
+    print("       biased, PCA similarity + eigengap, PCA shift, per-example Fisher, JSON/CSV, 4 groups of plots")
+    if theirs_error is not None:
+        print(f"\nrepresentational-analysis not run: {theirs_error}")
+        return
+
+    res = summary["results"]["mean"]["all"]["updated"]
+    ours_by = {ly: i for i, ly in enumerate(res["layers"])}
+    fisher = summary["fisher"]["reports"]
+    print("\n== per-layer numbers: theirs vs ours (ours: mean pooling over real tokens, BOS and pads excluded) ==")
+    print(
+        f"{'layer':14s} {'CKA theirs':>10s} {'CKA ours':>9s} {'biased':>8s} "
+        f"{'PCAsim th':>9s} {'PCAsim us':>9s} {'shift th':>9s} {'shift us':>9s} "
+        f"{'FIM#par th':>10s} {'FIM#par us':>10s} {'FIMmed th':>10s} {'FIMmed us':>10s}"
+    )
+    f_upd = fisher["updated"]
+    for i in range(args.layers):
+        name = f"language.{i}"
+        j = ours_by[name]
+        k = f_upd["layers"].index(name)
+        th_fim = numbers["fim_upd"][i]
         print(
-            f"{'layer':14s} {'CKA theirs':>10s} {'CKA ours':>9s} {'biased':>8s} "
-            f"{'PCAsim th':>9s} {'PCAsim us':>9s} {'shift th':>9s} {'shift us':>9s} "
-            f"{'FIM#par th':>10s} {'FIM#par us':>10s} {'FIMmed th':>10s} {'FIMmed us':>10s}"
+            f"{name:14s} {fmt(numbers['cka'][i]):>10s} {fmt(res['cka'][j]):>9s} {fmt(res['cka_biased'][j]):>8s} "
+            # their hidden_states[i + 1] is block i's output (the last one normed)
+            f"{fmt(numbers['pca_sim'][i + 1]):>9s} {fmt(res['pca_similarity'][j]):>9s} "
+            f"{fmt(numbers['pca_shift'][i + 1]):>9s} {fmt(res['pca_shift'][j]):>9s} "
+            f"{th_fim.size:10d} {f_upd['n'][k]:10d} {np.median(th_fim):10.2e} {f_upd['q50'][k]:10.2e}"
         )
-        f_upd = fisher["updated"]
-        for i in range(args.layers):
-            name = f"language.{i}"
-            j = ours_by[name]
-            k = f_upd["layers"].index(name)
-            th_fim = numbers["fim_upd"][i]
-            print(
-                f"{name:14s} {fmt(numbers['cka'][i]):>10s} {fmt(res['cka'][j]):>9s} {fmt(res['cka_biased'][j]):>8s} "
-                # their hidden_states[i + 1] is block i's output (the last one normed)
-                f"{fmt(numbers['pca_sim'][i + 1]):>9s} {fmt(res['pca_similarity'][j]):>9s} "
-                f"{fmt(numbers['pca_shift'][i + 1]):>9s} {fmt(res['pca_shift'][j]):>9s} "
-                f"{th_fim.size:10d} {f_upd['n'][k]:10d} {np.median(th_fim):10.2e} {f_upd['q50'][k]:10.2e}"
-            )
-        print(
-            "\nwhy they differ:\n"
-            "- CKA: theirs pools token 0 only; with a BOS token that state is the same for every query, so\n"
-            "  the centred Gram matrix is 0 and their CKA is 0/(0+1e-12) = 0 at every layer. It is also the\n"
-            "  biased estimator on 40 queries (ours reports debiased, biased alongside) and runs one forward\n"
-            "  pass per layer per model.\n"
-            "- PCA similarity: theirs averages over all positions including pads (padding to the longest\n"
-            "  query) and reports the signed cosine of PC1s, whose sign is arbitrary; ours excludes pads and\n"
-            "  BOS and reports |cos| with the reference's eigengap. Its last index is the normed output.\n"
-            "- PCA shift: theirs pads every query to 128 tokens and averages all 128 positions, so the mean\n"
-            "  is mostly pad-token states; its shift is in raw units along PC1. Ours is the centroid shift in\n"
-            "  units of the reference's standard deviation along PC1, over real tokens only.\n"
-            "- Fisher: theirs selects parameters with the substring 'model.layers.1', which also grabs\n"
-            "  layers 10, 11, ... (see the parameter counts), uses labels = input_ids so pad tokens are\n"
-            "  supervised, squares batch-mean gradients in bf16, and reloads both models for every layer.\n"
-            "  Ours: per-example squared gradients (pads excluded by labels = -100), fp32, layers by module."
-        )
+    print(
+        "\nwhy they differ:\n"
+        "- CKA: theirs pools token 0 only; with a BOS token that state is the same for every query, so\n"
+        "  the centred Gram matrix is 0 and their CKA is 0/(0+1e-12) = 0 at every layer. It is also the\n"
+        "  biased estimator on 40 queries (ours reports debiased, biased alongside) and runs one forward\n"
+        "  pass per layer per model.\n"
+        "- PCA similarity: theirs averages over all positions including pads (padding to the longest\n"
+        "  query) and reports the signed cosine of PC1s, whose sign is arbitrary; ours excludes pads and\n"
+        "  BOS and reports |cos| with the reference's eigengap. Its last index is the normed output.\n"
+        "- PCA shift: theirs pads every query to 128 tokens and averages all 128 positions, so the mean\n"
+        "  is mostly pad-token states; its shift is in raw units along PC1. Ours is the centroid shift in\n"
+        "  units of the reference's standard deviation along PC1, over real tokens only.\n"
+        "- Fisher: theirs selects parameters with the substring 'model.layers.1', which also grabs\n"
+        "  layers 10, 11, ... (see the parameter counts), uses labels = input_ids so pad tokens are\n"
+        "  supervised, squares batch-mean gradients in bf16, and reloads both models for every layer.\n"
+        "  Ours: per-example squared gradients (pads excluded by labels = -100), fp32, layers by module."
+    )
+
+
+def to_rows(res: dict, args: argparse.Namespace) -> list[dict]:
+    name = "probes vs representational-analysis"
+    figure = "CKA + PCA sim + PCA shift + Fisher, all layers: their time / ours"
+    ours = (f"ours cold with plots {res['t_ours']:.1f} s, no plots {res['t_compute']:.1f} s, warm cache "
+            f"{res['t_warm']:.1f} s")  # fmt: skip
+    setting = f"tiny Llama {args.layers} layers, hidden {args.hidden}, {args.queries} queries, {args.threads} thread(s)"
+    if res["theirs_error"] is not None:
+        return [row(name, figure, "not installed", note=f"{res['theirs_error']}; {INSTALL}; {ours}; {setting}",
+                    ours_s=res["t_ours"], ours_no_plots_s=res["t_compute"], ours_warm_s=res["t_warm"])]  # fmt: skip
+    t_theirs = sum(res["theirs"].values())
+    parts = ", ".join(f"{k} {v:.1f}" for k, v in res["theirs"].items())
+    return [
+        row(name, figure, times(t_theirs / res["t_ours"]),
+            note=f"theirs {t_theirs:.1f} s as shipped ({parts}); {ours}; {setting}" + (
+                "; their CKA is 0 at every layer (it pools the BOS state: see bench_probe.py)"
+                if not any(res["numbers"]["cka"]) else ""),
+            ratio=t_theirs / res["t_ours"], theirs_s=t_theirs, theirs_by_feature=res["theirs"],
+            ours_s=res["t_ours"], ours_no_plots_s=res["t_compute"], ours_warm_s=res["t_warm"]),
+    ]  # fmt: skip
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--layers", type=int, default=12)
+    ap.add_argument("--hidden", type=int, default=64)
+    ap.add_argument("--queries", type=int, default=40, help="their CKA/Fisher read 10 batches of 4 = 40")
+    ap.add_argument("--out", type=Path, default=None, help="work folder (default: a temporary one)")
+    add_common_args(ap, threads=1)
+    return ap
+
+
+def rows(quick: bool = True, threads: int = 1) -> list[dict]:
+    """Table rows for ``bench/run_all.py`` (``quick``: the ``--quick`` sizes)."""
+    args = parse(parser(), QUICK, ["--threads", str(threads)] + (["--quick"] if quick else []))
+    torch.set_num_threads(args.threads)
+    quiet_hf()
+    return to_rows(measure(args), args)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(parser(), QUICK, argv)
+    torch.set_num_threads(args.threads)
+    quiet_hf()
+    res = measure(args)
+    report(res, args)
+    emit(args, to_rows(res, args))
 
 
 if __name__ == "__main__":

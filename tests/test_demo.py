@@ -8,25 +8,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from forgetlab.demo import DemoPlan, run_demo
-from forgetlab.sweep import MethodSweep
-from forgetlab.train.finetune import FinetuneConfig
-from forgetlab.verify.assess import AssessSettings
-from forgetlab.verify.regimes import Regime
-
-TOY = DemoPlan(
-    people=20,
-    finetune=FinetuneConfig(epochs=1, perception_epochs=0, vision_pretrain_steps=5, warmup_steps=5, batch_size=16),
-    sweep=(
-        MethodSweep("ga", (1e-3,)),
-        MethodSweep("mmunlearner", (1e-3,), {"pairing": "interleave", "retain_weight": 1.0}),
-    ),
-    regimes=(
-        Regime("single", "one request", "reversible", "ga", 1e-4),
-        Regime("continual", "two requests", "irreversible", "ga", 1e-3, requests=2),
-    ),
-    assess=AssessSettings(relearn_lr=1e-3, probe_per_group=4),
-)
+from demo_plans import TOY
+from forgetlab.demo import run_demo
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +38,8 @@ def test_metrics_have_every_model_and_verification_key(demo) -> None:
         assert len(m["probe"]["layers"]) == len(m["probe"]["cka"]) == len(m["probe"]["pca_shift"]) > 0
         assert isinstance(m["verdict"], str) and m["verdict"]
     assert (out / "models" / "mmunlearner@0.001" / "mask.safetensors").exists()
+    for run in ("ga@0.001", "mmunlearner@0.001"):  # --log-with tensorboard: event files beside the JSONL log
+        assert list((out / "models" / run / "tensorboard").rglob("events.out.tfevents.*")), run
     regimes = metrics["regimes"]
     assert set(regimes) == {"single", "continual"}
     assert all("verdict" in r and r["requests"] in (1, 2) for r in regimes.values())
@@ -67,13 +52,14 @@ def test_report_shows_every_section(demo) -> None:
         "Results (MCQ accuracy",
         "Trade-off",
         "Is the forgetting real?",
+        "Relearning attack:",
         "Representations per layer",
         "The paper&#x27;s two regimes",
         "Fisher information",
         "Forgotten people",
     ):
         assert heading in page, heading
-    assert page.count("data:image/png;base64,") >= 6
+    assert page.count("data:image/png;base64,") >= 7
     assert "http://" not in page and "https://" not in page
 
 
@@ -84,7 +70,7 @@ def test_rerun_reuses_every_stage(demo) -> None:
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")} == stamps  # nothing retrained
     strip = {"seconds", "stage_seconds"}
     assert {k: v for k, v in again.items() if k not in strip} == {k: v for k, v in metrics.items() if k not in strip}
-    assert set(again["stage_seconds"]) == {"synth", "finetune", "evaluate original", "sweep", "regimes", "verify"}
+    assert set(again["stage_seconds"]) == {"synth", "finetune", "evaluate original", "unlearn", "verify"}
 
 
 def test_a_sweep_run_is_reused_only_with_the_same_config(demo) -> None:
@@ -95,3 +81,155 @@ def test_a_sweep_run_is_reused_only_with_the_same_config(demo) -> None:
     run = out / "models" / "ga@0.001"
     assert _same_config(run, UnlearnConfig(method="ga", lr=1e-3, forget_ratio=10, **COMMON))
     assert not _same_config(run, UnlearnConfig(method="ga", lr=1e-3, forget_ratio=10, **(COMMON | {"span": "answer"})))
+
+
+# --- resumability and determinism -------------------------------------------------------------------------------
+
+PLAN_SCRIPT = Path(__file__).with_name("demo_plans.py")
+
+
+def _comparable(metrics: dict, run: Path) -> dict:
+    """metrics.json without wall times (``*seconds`` at any depth) and with the run folder's path neutralised."""
+
+    def strip(x):
+        if isinstance(x, dict):
+            return {k: strip(v) for k, v in x.items() if not k.endswith("seconds")}
+        return [strip(v) for v in x] if isinstance(x, list) else x
+
+    return json.loads(json.dumps(strip(metrics)).replace(str(run), "<run>"))
+
+
+def _stages(run: Path) -> dict:
+    try:
+        return json.loads((run / "manifest.json").read_text())["stages"]
+    except (OSError, ValueError, KeyError):
+        return {}
+
+
+def _kill_when(run: Path, moment, timeout: float = 600) -> bool:
+    """Start the toy demo on ``run`` in a subprocess and SIGKILL it as soon as ``moment(run)`` holds.
+    Returns False if the run finished first."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, str(PLAN_SCRIPT), str(run)], env=env)
+    deadline = time.time() + timeout
+    try:
+        while proc.poll() is None and time.time() < deadline:
+            if moment(run):
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+                return True
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return False
+
+
+@pytest.fixture(scope="module")
+def resumed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, list[str]]:
+    """The toy demo killed with SIGKILL three times (mid fine-tune, mid sweep, mid verification),
+    then run to the end: its folder, its final metrics and the stages finished at each kill."""
+    run = tmp_path_factory.mktemp("killed") / "run"
+    moments = (
+        lambda r: "synth" in _stages(r) and "finetune" not in _stages(r),
+        lambda r: (r / "models" / "ga@0.001" / "unlearn.json").exists() and "unlearn" not in _stages(r),
+        lambda r: any((r / "verify").glob("*/relearn")) and "verify" not in _stages(r),
+    )
+    seen = []
+    for moment in moments:
+        assert _kill_when(run, moment), "the run finished before the kill point"
+        assert not (run / "metrics.json").exists()
+        seen.append(sorted(_stages(run)))
+    return run, run_demo(run, TOY, console=Console(quiet=True)), seen
+
+
+def test_killed_runs_resume_to_the_uninterrupted_metrics(demo, resumed) -> None:
+    (out, metrics), (run, again, seen) = demo, resumed
+    assert seen[0] == ["synth"]  # killed while the original model was being trained
+    assert "evaluate original" in seen[1] and "unlearn" not in seen[1]
+    assert "unlearn" in seen[2] and "verify" not in seen[2]
+    assert _comparable(again, run) == _comparable(metrics, out)
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert set(manifest["stages"]) >= {"synth", "finetune", "unlearn", "verify", "metrics", "report"}
+    assert manifest["config"]["finetune"]["seed"] == 0 and manifest["data"]["benchmark"]
+    assert manifest["environment"]["versions"]["torch"] and manifest["environment"]["torch_threads"] == 1
+    assert (run / "report.html").read_text().count("data:image/png;base64,") >= 6
+
+
+def test_same_seed_same_models_and_metrics(demo, resumed) -> None:
+    """The killed run recomputed everything in other processes: identical weights, identical metrics."""
+    from safetensors.torch import load_file
+
+    (out, metrics), (run, again, _) = demo, resumed
+    for name in ("original", "ga@0.001", "mmunlearner@0.001"):
+        a = load_file(out / "models" / name / "model.safetensors")
+        b = load_file(run / "models" / name / "model.safetensors")
+        assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a), name
+    assert again["models"]["original"]["forget_vqa_acc"] == metrics["models"]["original"]["forget_vqa_acc"]
+
+
+def test_a_manifest_for_another_plan_starts_over(tmp_path: Path) -> None:
+    from forgetlab.manifest import RunManifest
+
+    m = RunManifest(tmp_path, {"people": 20}, {"benchmark": 0})
+    m.record_data("benchmark", "abc")
+    m.finish("synth", 1.0)
+    assert RunManifest(tmp_path, {"people": 20}, {"benchmark": 0}).resumed == ["synth"]
+    again = RunManifest(tmp_path, {"people": 20}, {"benchmark": 0})
+    again.record_data("benchmark", "changed")  # the data changed under the run: nothing counts as done
+    assert not again.done("synth")
+    assert RunManifest(tmp_path, {"people": 30}, {"benchmark": 0}).resumed == []
+
+
+# --- the report in a real browser ---------------------------------------------------------------------------------
+
+
+def _chromium() -> str:
+    import os
+    import shutil
+
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        if os.environ.get("FORGETLAB_REQUIRE_CHROMIUM"):  # set by `make test`, which installs it
+            pytest.fail("chromium is not installed (make test installs Debian's chromium package)")
+        pytest.skip("chromium not installed: `apt-get install chromium`, or run `make test`")
+    return found
+
+
+def test_report_renders_in_headless_chromium(demo, tmp_path: Path) -> None:
+    """Screenshot the report: every image decoded, nothing requested outside the file itself."""
+    import numpy as np
+    from PIL import Image
+
+    sync_api = pytest.importorskip("playwright.sync_api")
+    out, _ = demo
+    report = out / "report.html"
+    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
+            "--disable-component-update", "--disable-sync", "--disable-quic"]  # fmt: skip
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=_chromium(), args=args)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            requested: list[str] = []
+            page.on("request", lambda r: requested.append(r.url))
+            page.goto(report.as_uri(), wait_until="load")
+            images = page.evaluate(
+                "() => Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.naturalHeight])"
+            )
+            title = page.title()
+            shot = tmp_path / "report.png"
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
+    assert title == "forgetlab demo"
+    assert len(images) >= 6 and all(done and w > 0 and h > 0 for done, w, h in images), images
+    assert all(u.startswith(("file:", "data:")) for u in requested), requested
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
+    assert pixels.shape[0] > 2000 and pixels.std() > 10  # a long page with content, not a blank or error page

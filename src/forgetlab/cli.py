@@ -139,18 +139,27 @@ def demo(
     out: Annotated[Path, typer.Option(help="run folder")] = Path("runs/demo"),
     people: Annotated[int, typer.Option(help="people in the synthetic benchmark")] = 100,
     seed: Annotated[int, typer.Option()] = 0,
+    workers: Annotated[
+        int | None, typer.Option(help="parallel one-thread jobs (default: one per core; results do not depend on it)")
+    ] = None,
+    log_with: Annotated[
+        str, typer.Option(help="tensorboard: each unlearning run's curves to runs/demo/models/<run>/tensorboard/")
+    ] = "none",
 ) -> None:
-    """The whole pipeline on the embedded benchmark, offline: synth -> finetune -> eval -> report."""
+    """The whole pipeline on the embedded benchmark, offline: synth -> finetune -> eval -> every method ->
+    verification -> report. Rerunning resumes: finished stages are read back, not redone."""
     from forgetlab.demo import DemoPlan, run_demo
     from forgetlab.lock import OutputLocked
 
     set_threads()
     try:
-        result = run_demo(out, DemoPlan(people=people, seed=seed), console=console)
+        result = run_demo(out, DemoPlan(people=people, seed=seed, workers=workers, log_with=log_with), console=console)
     except (ValueError, OSError, OutputLocked) as e:  # OSError: e.g. a full disk (forgetlab.io.WriteFailed)
         _fail(str(e))
     chosen = {k: m for k, m in result["models"].items() if k == "original" or m.get("chosen")}
     print_metrics(chosen | result.get("regimes", {}))
+    stages = ", ".join(f"{k} {v:.0f}s" for k, v in result.get("stage_seconds", {}).items())
+    console.print(f"done in {result.get('seconds', 0):.0f} s ({stages})")
     console.print(f"report: [bold]{out / 'report.html'}[/]  metrics: [bold]{out / 'metrics.json'}[/]")
 
 

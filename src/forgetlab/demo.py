@@ -24,11 +24,13 @@ from forgetlab.eval.runner import EvalConfig, evaluate, load_eval_sets
 from forgetlab.eval.undefined import with_notes
 from forgetlab.io import write_json, write_jsonl
 from forgetlab.lock import locks_output
+from forgetlab.manifest import RunManifest
 from forgetlab.models.load import load
+from forgetlab.parallel import default_workers, run_jobs, worker_pool
 from forgetlab.progress import progress_bar
 from forgetlab.report.html import ExampleCard, Report, esc, example_cards, figure, metrics_table, verdict_table
-from forgetlab.report.plots import depth_plot, tradeoff_plot
-from forgetlab.sweep import DEMO_SWEEP, MethodSweep, run_sweep
+from forgetlab.report.plots import depth_plot, relearning_plot, tradeoff_plot
+from forgetlab.sweep import DEMO_SWEEP, MethodSweep, sweep_method, with_choice
 from forgetlab.train.finetune import FinetuneConfig, finetune
 from forgetlab.verify.assess import AssessSettings, assess, membership
 from forgetlab.verify.regimes import REGIMES, Regime, run_regime
@@ -48,9 +50,38 @@ class DemoPlan:
     assess: AssessSettings = field(default_factory=AssessSettings)
     methods: bool = True
     verify: bool = True
+    workers: int | None = None  # parallel one-thread jobs; None: one per core (results do not depend on it)
+    log_with: str = "none"  # "tensorboard": every sweep run's training curves to <run>/tensorboard/
+
+    def __post_init__(self) -> None:
+        if self.log_with not in ("none", "tensorboard"):
+            raise ValueError(f"log_with must be 'none' or 'tensorboard', not {self.log_with!r}")
 
     def finetune_config(self) -> FinetuneConfig:
         return self.finetune or FinetuneConfig(seed=self.seed)
+
+    def describe(self) -> dict[str, Any]:
+        """The plan as plain JSON data (what the run manifest records)."""
+        return {
+            "people": self.people,
+            "seed": self.seed,
+            "forget_ratio": FORGET_RATIO,
+            "finetune": self.finetune_config().model_dump(),
+            "sweep": [asdict(s) for s in self.sweep],
+            "regimes": [asdict(r) for r in self.regimes],
+            "assess": asdict(self.assess),
+            "methods": self.methods,
+            "verify": self.verify,
+            "log_with": self.log_with,
+        }
+
+    def seeds(self) -> dict[str, int]:
+        return {
+            "benchmark": self.seed,
+            "finetune": self.finetune_config().seed,
+            "unlearn": sorted({int(s.overrides.get("seed", 0)) for s in self.sweep} | {0}),
+            "assess": self.assess.seed,
+        }
 
 
 def _synth(data: Path, people: int, seed: int, console: Console) -> None:
@@ -155,90 +186,86 @@ def memo(path: Path, key: dict, compute: Callable[[], Any]) -> Any:
 VERIFY_KEYS: tuple[str, ...] = ("relearn", "mia", "probe", "verdict", "verdict_rule")
 
 
-def _verify(
-    out: Path, data: Path, original: Path, targets: dict[str, Path], settings: AssessSettings, console: Console
-) -> tuple[dict[str, dict], dict]:
-    """Assess every model in ``targets`` (name -> folder) against ``original``; also the
-    original's MIA AUCs (the baseline an unlearned model should move towards 0.5)."""
+def verify_baseline(out: Path, data: Path, original: Path, settings: AssessSettings) -> dict:
+    """The original's accuracy on the relearned / held-out halves and its MIA AUCs (memoised): the
+    baselines of every model's recovery, and the AUCs an unlearned model should move towards 0.5."""
     from forgetlab.data.mllmu import split_ids
     from forgetlab.eval.mia_runner import benchmark_mia_sets
-    from forgetlab.models.load import load as load_model_dir
     from forgetlab.verify.relearn import evaluate_halves, split_people
 
-    people = split_people(split_ids(data, forget_split(FORGET_RATIO)), settings.relearn_fraction, settings.seed)
-    mia_sets = benchmark_mia_sets(data, FORGET_RATIO)
-
     def baseline() -> dict:
-        model, processor = load_model_dir(original)
+        people = split_people(split_ids(data, forget_split(FORGET_RATIO)), settings.relearn_fraction, settings.seed)
+        model, processor = load(original)
         halves = evaluate_halves(model, processor, data, FORGET_RATIO, people)
-        return {"halves": halves, "mia": membership(original, *mia_sets)}
+        return {"halves": halves, "mia": membership(original, *benchmark_mia_sets(data, FORGET_RATIO))}
 
     key = model_key(original) | {"settings": asdict(settings)}
-    base = memo(out / "cache" / "original_verify.json", key, baseline)
-    original_halves, original_mia = base["halves"], base["mia"]
-    results: dict[str, dict] = {}
-    with progress_bar("verifying (relearn, MIA, probes)", console) as update:
-        for k, (name, path) in enumerate(targets.items()):
-            update(f"{name}", k, len(targets))
-            results[name] = assess(
-                original,
-                path,
-                data,
-                FORGET_RATIO,
-                out / "verify" / name,
-                settings=settings,
-                original_metrics=original_halves,
-                mia_sets=mia_sets,
-                cache_dir=out / "verify" / "features",
-            )
-        update("done", len(targets), len(targets))
-    return results, original_mia
+    return memo(out / "cache" / "original_verify.json", key, baseline)
 
 
-def _regimes(
-    out: Path, data: Path, original: Path, regimes: tuple[Regime, ...], eval_sets: dict, console: Console
-) -> dict[str, dict]:
-    """Unlearn the paper's two regimes (cached) and evaluate them; returns ``{name: metrics}``."""
-    rows: dict[str, dict] = {}
-    with progress_bar("regimes (single vs continual GA)", console) as update:
-        for regime in regimes:
-            path = run_regime(regime, original, data, FORGET_RATIO, out / "models" / regime.name, progress=update)
+def verify_model(out: Path, data: Path, original: Path, name: str, path: Path, settings: AssessSettings,
+                 baseline: dict) -> dict:  # fmt: skip
+    """:func:`~forgetlab.verify.assess.assess` of one model (relearning, MIA, probes, verdict), cached."""
+    from forgetlab.eval.mia_runner import benchmark_mia_sets
 
-            def evaluate_regime(path: Path = path) -> dict:
-                model, processor = load(path)
-                cfg = EvalConfig(forget_ratio=FORGET_RATIO, generation=False)
-                return evaluate(model, processor, data, cfg, eval_sets=eval_sets).metrics
+    return assess(
+        original,
+        path,
+        data,
+        FORGET_RATIO,
+        out / "verify" / name,
+        settings=settings,
+        original_metrics=baseline["halves"],
+        mia_sets=benchmark_mia_sets(data, FORGET_RATIO),
+        cache_dir=out / "verify" / "features",
+    )
 
-            metrics = memo(out / "cache" / f"{regime.name}_eval.json", model_key(path), evaluate_regime)
-            rows[regime.name] = metrics | {
-                "method": regime.method,
-                "lr": regime.lr,
-                "requests": regime.requests,
-                "title": regime.title,
-                "expected": regime.expected,
-                "path": str(path),
-            }
-    return rows
+
+def regime_row(out: Path, data: Path, original: Path, regime: Regime, eval_sets: dict) -> dict:
+    """Unlearn one of the paper's regimes (cached) and evaluate it (memoised): its metrics row."""
+    path = run_regime(regime, original, data, FORGET_RATIO, out / "models" / regime.name)
+
+    def evaluate_regime() -> dict:
+        model, processor = load(path)
+        cfg = EvalConfig(forget_ratio=FORGET_RATIO, generation=False)
+        return evaluate(model, processor, data, cfg, eval_sets=eval_sets).metrics
+
+    metrics = memo(out / "cache" / f"{regime.name}_eval.json", model_key(path), evaluate_regime)
+    return metrics | {
+        "method": regime.method,
+        "lr": regime.lr,
+        "requests": regime.requests,
+        "title": regime.title,
+        "expected": regime.expected,
+        "path": str(path),
+    }
 
 
 @locks_output(lambda out, *args, **kwargs: out)
 def run_demo(out: Path, plan: DemoPlan | None = None, console: Console | None = None) -> dict:
     """Run every demo stage into ``out``; returns the content of ``metrics.json``."""
+    from forgetlab.data.synth import benchmark_digest
+
     plan = plan or DemoPlan()
     console = console or Console(stderr=True)
     t0 = time.time()
     out = Path(out)
     data = out / "data"
     model_dir = out / "models" / "original"
+    manifest = RunManifest(out, plan.describe(), plan.seeds())
+    if manifest.resumed:
+        console.print(f"[dim]resuming {out}: finished earlier: {', '.join(manifest.resumed)}[/]")
     timings: dict[str, float] = {}
     clock = time.time()
 
     def lap(stage: str) -> None:
         nonlocal clock
         timings[stage] = round(time.time() - clock, 1)
+        manifest.finish(stage, timings[stage])
         clock = time.time()
 
     _synth(data, plan.people, plan.seed, console)
+    manifest.record_data("benchmark", benchmark_digest(data))
     lap("synth")
     _original(data, model_dir, plan.finetune_config(), console)
     lap("finetune")
@@ -258,24 +285,41 @@ def run_demo(out: Path, plan: DemoPlan | None = None, console: Console | None = 
     runs: dict[str, dict] = {}
     regimes: dict[str, dict] = {}
     mcq_sets = {k: [s for s in v if s.task == "classification"] for k, v in eval_sets.items()}
-    if plan.methods:
-        with progress_bar("unlearning", console) as update:
-            runs = run_sweep(
-                model_dir, data, out / "models", FORGET_RATIO, plan.sweep, eval_sets=mcq_sets, progress=update
-            )
-        models |= runs
-        lap("sweep")
-    if plan.verify and plan.methods:
-        regimes = _regimes(out, data, model_dir, plan.regimes, mcq_sets, console)
-        lap("regimes")
-        targets = {k: out / "models" / k for k, m in runs.items() if m.get("chosen")}
-        targets |= {k: Path(m["path"]) for k, m in regimes.items()}
-        verified, original_mia = _verify(out, data, model_dir, targets, plan.assess, console)
-        models["original"]["mia"] = original_mia
-        for name, v in verified.items():
-            row = models[name] if name in models else regimes[name]
-            row |= {k: v[k] for k in VERIFY_KEYS} | {"evidence": v["evidence"]}
-        lap("verify")
+    verify = plan.verify and plan.methods
+    extra = {"log_with": plan.log_with} if plan.log_with != "none" else None
+    workers = plan.workers or default_workers()
+    with worker_pool(workers) as pool:
+        if plan.methods:
+            # independent jobs side by side: each method's sweep, each regime, the original's baselines
+            jobs: dict[str, tuple] = {
+                sw.method: (sweep_method, (sw, model_dir, data, out / "models", FORGET_RATIO, mcq_sets, None, extra))
+                for sw in sorted(plan.sweep, key=lambda sw: sw.method != "mmunlearner")  # the longest first
+            }
+            if verify:
+                jobs |= {r.name: (regime_row, (out, data, model_dir, r, mcq_sets)) for r in plan.regimes}
+                jobs["baseline"] = (verify_baseline, (out, data, model_dir, plan.assess))
+            with progress_bar(f"unlearning ({workers} workers)", console) as update:
+                done = run_jobs(pool, jobs, update)
+            for sw in plan.sweep:
+                runs |= with_choice(done[sw.method])
+            models |= runs
+            regimes = {r.name: done[r.name] for r in plan.regimes} if verify else {}
+            lap("unlearn")
+        if verify:
+            baseline = done["baseline"]
+            targets = {k: out / "models" / k for k, m in runs.items() if m.get("chosen")}
+            targets |= {k: Path(m["path"]) for k, m in regimes.items()}
+            jobs = {
+                name: (verify_model, (out, data, model_dir, name, path, plan.assess, baseline))
+                for name, path in targets.items()
+            }
+            with progress_bar("verifying (relearn, MIA, probes)", console) as update:
+                verified = run_jobs(pool, jobs, update)
+            models["original"]["mia"] = baseline["mia"]
+            for name, v in verified.items():
+                row = models[name] if name in models else regimes[name]
+                row |= {k: v[k] for k in VERIFY_KEYS} | {"evidence": v["evidence"]}
+            lap("verify")
     metrics = {
         "benchmark": str(data),
         "forget_ratio": FORGET_RATIO,
@@ -284,11 +328,13 @@ def run_demo(out: Path, plan: DemoPlan | None = None, console: Console | None = 
         "models": models,
         "regimes": regimes,
         "seconds": round(time.time() - t0, 1),
-        "stage_seconds": timings,  # this invocation's wall time per stage (a cached stage costs ~0)
+        "stage_seconds": dict(timings),  # this invocation's wall time per stage (a cached stage costs ~0)
     }
     metrics = with_notes(metrics)  # null + a note where a metric is undefined
     write_json(out / "metrics.json", metrics)
+    lap("metrics")
     _report(out, data, plan.people, plan.seed, models, runs, regimes, original["rows"])
+    lap("report")
     return metrics
 
 
@@ -327,6 +373,14 @@ def _report(
             "forget-set training pairs vs never-trained people (original model: "
             f"{_auc(models['original'])}; 0.5 = indistinguishable). Hover a verdict for the rule.</p>",
         )
+        relearned = {k: _relearn_stages(out, k) for k in [*verified, *regimes]}
+        report.add(
+            "Relearning attack: forget VQA before, after unlearning, after relearning",
+            figure(
+                relearning_plot({k: v for k, v in relearned.items() if v}),
+                "each line: one model; left the people relearned, right the held-out people",
+            ),
+        )
         report.add(
             "Representations per layer: each method's chosen model vs the original",
             figure(
@@ -363,6 +417,12 @@ def _report(
         + "<p class='muted'>(relearned) / (held out): whether the relearning attack trained on this person.</p>",
     )
     report.write(out / "report.html")
+
+
+def _relearn_stages(out: Path, name: str) -> dict:
+    """The original / unlearned / relearned accuracies on both halves, from the model's ``relearn.json``."""
+    path = out / "verify" / name / "relearn" / "relearn.json"
+    return json.loads(path.read_text()).get("metrics", {}) if path.exists() else {}
 
 
 def _auc(model: dict) -> str:

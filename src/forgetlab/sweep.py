@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from forgetlab.eval.runner import EvalConfig, evaluate
 from forgetlab.models.load import load
+from forgetlab.parallel import run_jobs
 from forgetlab.train.unlearn import UnlearnConfig, unlearn
 
 
@@ -80,6 +82,57 @@ def _mask_of(run: Path) -> Path | None:
     return path if path.exists() else None
 
 
+def sweep_method(
+    sw: MethodSweep,
+    original: Path,
+    data: Path,
+    models_dir: Path,
+    forget_ratio: int,
+    eval_sets: dict | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, dict]:
+    """Unlearn + evaluate one method at each of its learning rates; ``{run name: metrics}``.
+
+    ``extra``: config fields set on every run (e.g. ``{"log_with": "tensorboard"}``).
+
+    Each model is saved under ``models_dir/<method>@<lr>``; a run whose folder already holds
+    the same finished unlearning and its ``eval.json`` is reused (resumable). A mask
+    (MMUnlearner, SalUn) does not depend on the LR: it is computed once, by the first run.
+    """
+    from forgetlab.io import write_json
+
+    per_method: dict[str, dict] = {}
+    shared_mask: Path | None = None
+    for lr in sw.lrs:
+        name = run_name(sw, lr)
+        out = models_dir / name
+        cached = out / "eval.json"
+        overrides = COMMON | sw.overrides | (extra or {}) | ({"mask": str(shared_mask)} if shared_mask else {})
+        cfg = UnlearnConfig(method=sw.method, lr=lr, forget_ratio=forget_ratio, **overrides)
+        if cached.exists() and _same_config(out, cfg):
+            per_method[name] = json.loads(cached.read_text())
+            shared_mask = shared_mask or _mask_of(out)
+            continue
+        info = unlearn(original, data, out, cfg, progress=progress)
+        model, processor = load(out)
+        metrics = evaluate(
+            model, processor, data, EvalConfig(forget_ratio=forget_ratio, generation=False), eval_sets=eval_sets
+        ).metrics
+        train_s = info["timings"].get("train_s")
+        metrics |= {"method": sw.method, "lr": lr, "span": cfg.span, "train_seconds": train_s}
+        write_json(cached, metrics)
+        per_method[name] = metrics
+        shared_mask = shared_mask or _mask_of(out)
+    return per_method
+
+
+def with_choice(per_method: dict[str, dict]) -> dict[str, dict]:
+    """A method's rows, each marked ``chosen`` or not (see :func:`choose`)."""
+    best = choose(per_method)
+    return {name: m | {"chosen": name == best} for name, m in per_method.items()}
+
+
 def run_sweep(
     original: Path,
     data: Path,
@@ -87,43 +140,13 @@ def run_sweep(
     forget_ratio: int,
     sweep: tuple[MethodSweep, ...] = DEMO_SWEEP,
     eval_sets: dict | None = None,
-    on_run: Callable[[str], None] | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    pool: Executor | None = None,
 ) -> dict[str, dict]:
-    """Unlearn + evaluate every (method, lr); returns ``{run name: metrics + method/lr/chosen}``.
-
-    Each model is saved under ``models_dir/<method>@<lr>``; a run whose folder already holds
-    an ``unlearn.json`` and ``metrics.json`` is reused (resumable).
-    """
-    from forgetlab.io import write_json
-
+    """Every (method, lr) of ``sweep``, unlearned and evaluated (on ``pool``'s workers, one
+    method per job, when given); returns ``{run name: metrics + method/lr/chosen}``."""
+    jobs = {sw.method: (sweep_method, (sw, original, data, models_dir, forget_ratio, eval_sets)) for sw in sweep}
     results: dict[str, dict] = {}
-    for sw in sweep:
-        per_method: dict[str, dict] = {}
-        shared_mask: Path | None = None  # a mask (MMUnlearner, SalUn) does not depend on the LR: compute it once
-        for lr in sw.lrs:
-            name = run_name(sw, lr)
-            out = models_dir / name
-            cached = out / "eval.json"
-            overrides = COMMON | sw.overrides | ({"mask": str(shared_mask)} if shared_mask else {})
-            cfg = UnlearnConfig(method=sw.method, lr=lr, forget_ratio=forget_ratio, **overrides)
-            if cached.exists() and _same_config(out, cfg):
-                per_method[name] = json.loads(cached.read_text())
-                shared_mask = shared_mask or _mask_of(out)
-                continue
-            if on_run:
-                on_run(name)
-            info = unlearn(original, data, out, cfg, progress=progress)
-            model, processor = load(out)
-            metrics = evaluate(
-                model, processor, data, EvalConfig(forget_ratio=forget_ratio, generation=False), eval_sets=eval_sets
-            ).metrics
-            train_s = info["timings"].get("train_s")
-            metrics |= {"method": sw.method, "lr": lr, "span": cfg.span, "train_seconds": train_s}
-            write_json(cached, metrics)
-            per_method[name] = metrics
-            shared_mask = shared_mask or _mask_of(out)
-        best = choose(per_method)
-        for name, m in per_method.items():
-            results[name] = m | {"chosen": name == best}
+    for per_method in run_jobs(pool, jobs, progress).values():
+        results |= with_choice(per_method)
     return results

@@ -75,3 +75,29 @@ def test_finetune_on_a_folder_without_ft_data_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="ft_Data"):
         finetune(tmp_path, tmp_path / "out", FinetuneConfig(**QUICK))
     assert not (tmp_path / "out").exists()
+
+
+def test_length_grouped_batches_cover_the_epoch_with_less_padding(small_bench, bench_texts):
+    """Grouping by length keeps every example of the epoch exactly once and cuts the padded tokens."""
+    import random
+
+    from forgetlab.data.mllmu import load_training
+    from forgetlab.models.tiny import build_tiny_model
+    from forgetlab.train.finetune import EpochSampler
+
+    _, processor = build_tiny_model("llava", bench_texts, 32, 0)
+    samples = load_training(small_bench, "ft_Data")
+
+    def epoch(grouped: bool) -> list[list]:
+        cfg = FinetuneConfig(group_by_length=grouped, batch_size=8, mcq_fraction=0.0, mcq_text_fraction=0.0)
+        return EpochSampler(processor, samples, cfg, random.Random(0)).batches("all")
+
+    def padded(batches: list[list]) -> int:
+        return sum(max(len(e.input_ids) for e in b) * len(b) for b in batches)
+
+    grouped, plain = epoch(True), epoch(False)
+    key = lambda e: (tuple(e.input_ids.tolist()), None if e.pixel_values is None else float(e.pixel_values.sum()))  # noqa: E731
+    assert sorted(key(e) for b in grouped for e in b) == sorted(key(e) for b in plain for e in b)
+    assert all(len(b) <= 8 for b in grouped) and len(grouped) == len(plain)
+    tokens = sum(len(e.input_ids) for b in plain for e in b)  # no padding at all
+    assert padded(grouped) <= 1.05 * tokens < padded(plain)

@@ -96,3 +96,31 @@ def depth_plot(curves: dict[str, dict], title: str) -> bytes:
     axes[2].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.suptitle(title)
     return _png(fig)
+
+
+def relearning_plot(stages: dict[str, dict], key: str = "forget_vqa_acc") -> bytes:
+    """The relearning attack per model: ``key`` on the relearned and on the held-out half of the
+    forgotten people, for the original, the unlearned and the relearned model.
+
+    ``stages`` maps a model name to ``relearn.json``'s ``metrics`` (``{"original" | "unlearned" |
+    "relearned": {"relearned_people" | "held_out_people": {key: acc}}}``). A line that climbs back on
+    the held-out half means the forgetting was shallow: relearning *other* people restored it.
+    """
+    halves = (("relearned_people", "relearned half (trained on)"), ("held_out_people", "held-out half (never shown)"))
+    steps = ("original", "unlearned", "relearned")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.0), sharey=True)
+    cmap = plt.get_cmap("tab20")
+    for ax, (half, title) in zip(axes, halves, strict=True):
+        for i, (name, metrics) in enumerate(stages.items()):
+            ys = [((metrics.get(s) or {}).get(half) or {}).get(key) for s in steps]
+            if any(y is None for y in ys):
+                continue
+            ax.plot(range(3), ys, marker="o", color=cmap(i % 20), label=name)
+        ax.set_xticks(range(3), ["original", "unlearned", "after relearning"])
+        ax.set_title(title, fontsize=10)
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(key.removesuffix("_acc").replace("_", " ") + " accuracy")
+    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.suptitle("Relearning attack: one epoch of fine-tuning on half the forgotten people")
+    return _png(fig)

@@ -37,13 +37,14 @@ def _error_line(exc: BaseException) -> str:
 def clean_errors() -> Iterator[None]:
     """Turn expected errors into one ``error: ...`` line and exit status 2 (no traceback)."""
     from forgetlab.lock import OutputLocked
+    from forgetlab.train.tracking import TrackerUnavailable
     from forgetlab.train.unlearn import UnlearnDiverged
 
     # DataError, MaskError and pydantic's ValidationError are ValueErrors; ModelPathError and
-    # forgetlab.io.WriteFailed (disk full) are OSErrors
+    # forgetlab.io.WriteFailed (disk full) are OSErrors; TrackerUnavailable: --log-with's package is missing
     try:
         yield
-    except (ValueError, KeyError, OSError, FloatingPointError, UnlearnDiverged, OutputLocked) as e:
+    except (ValueError, KeyError, OSError, FloatingPointError, UnlearnDiverged, OutputLocked, TrackerUnavailable) as e:
         typer.echo(f"error: {_error_line(e)}", err=True)
         raise typer.Exit(2) from None
 
@@ -112,11 +113,22 @@ def unlearn_command(
     optimizer_state: Annotated[
         str | None, typer.Option(help="masked methods: full (MaskedAdamW) or packed (state for selected elements)")
     ] = None,
+    log_with: Annotated[
+        str | None, typer.Option(help="tensorboard: also write the training curves to OUT/tensorboard/")
+    ] = None,
+    eval_every: Annotated[
+        int | None,
+        typer.Option(help="every N steps: MCQ accuracy on the forget split and a 64-question retain sample"),
+    ] = None,
     overrides: Annotated[
         list[str] | None, typer.Option("--set", help="method config field KEY=VALUE (repeatable)")
     ] = None,
 ) -> None:
-    """Unlearn the forget split from a model and save the result (+ train_log.jsonl, unlearn.json)."""
+    """Unlearn the forget split from a model and save the result (+ train_log.jsonl, unlearn.json).
+
+    Every step's losses, grad norm and lr go to OUT/train_log.jsonl; with --log-with tensorboard also to
+    event files in OUT/tensorboard/ (view: tensorboard --logdir OUT/tensorboard).
+    """
     from forgetlab.dist.shard import Shard
     from forgetlab.lock import check_not_input, output_lock
     from forgetlab.train.unlearn import UnlearnConfig, unlearn
@@ -127,6 +139,7 @@ def unlearn_command(
         "span": span, "pairing": pairing, "batch_size": batch_size, "max_steps": max_steps,
         "forget_modality": forget_modality, "retain_modality": retain_modality,
         "weight_decay": weight_decay, "max_grad_norm": max_grad_norm, "optimizer_state": optimizer_state,
+        "log_with": log_with, "eval_every": eval_every,
     }  # fmt: skip
     with clean_errors():
         config = UnlearnConfig(

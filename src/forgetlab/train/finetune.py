@@ -54,6 +54,11 @@ class FinetuneConfig(BaseModel):
     )
     views_per_epoch: int = Field(2, ge=1, description="image views of each person shown per question per epoch")
     perception_share: float = Field(0.15, ge=0, le=1, description="share of perception keys per epoch after stage 1")
+    group_by_length: bool = Field(
+        False,
+        description="batch examples of similar length (within shuffled pools of 64 batches): ~40% less padding and "
+        "~27% faster, but on the embedded benchmark test VQA fell from 0.84 to 0.78-0.80 (batches of one kind)",
+    )
 
 
 def _template(question: str) -> str:
@@ -160,6 +165,22 @@ class EpochSampler:
         self.rng.shuffle(out)
         return out
 
+    def batches(self, stage: str) -> list[list[Encoded]]:
+        """One epoch cut into batches. With ``group_by_length`` the shuffled epoch is split into
+        pools of 64 batches, each pool sorted by length before cutting (HF's ``group_by_length``
+        idea): image and text examples differ 4x in length, so random batches are ~40% padding.
+        The batch order is shuffled again, so an epoch still mixes every kind of example."""
+        examples, size = self.epoch(stage), self.config.batch_size
+        if not self.config.group_by_length:
+            return [examples[k : k + size] for k in range(0, len(examples), size)]
+        pool = 64 * size
+        out: list[list[Encoded]] = []
+        for start in range(0, len(examples), pool):
+            chunk = sorted(examples[start : start + pool], key=lambda e: len(e.input_ids))
+            out += [chunk[k : k + size] for k in range(0, len(chunk), size)]
+        self.rng.shuffle(out)
+        return out
+
     def n_keys(self, stage: str) -> int:
         """Expected examples per epoch of ``stage`` (for the progress bar and LR schedule)."""
         perc = sum(1 for v in self.keys.values() if is_perception(v[0]))
@@ -210,6 +231,7 @@ def finetune(
             {"params": [p for n, p in named.items() if n not in vision], "lr": config.lr},
         ],
         weight_decay=config.weight_decay,
+        fused=True,  # one kernel per step instead of ~10 per tensor: ~10% of a tiny model's step
     )
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
@@ -222,10 +244,9 @@ def finetune(
     step, seen, t0 = 0, 0, time.time()
     for stage, epochs in stages:
         for epoch in range(epochs):
-            examples = sampler.epoch(stage)
-            total = 0.0
-            for k in range(0, len(examples), config.batch_size):
-                chunk = examples[k : k + config.batch_size]
+            batches = sampler.batches(stage)
+            total, n_examples = 0.0, 0
+            for chunk in batches:
                 batch = collate(chunk, pad_id)
                 labels = batch.pop("labels")
                 logits = model(**batch).logits[:, :-1]
@@ -241,16 +262,17 @@ def finetune(
                 schedule.step()
                 step += 1
                 total += loss.item() * len(chunk)
+                n_examples += len(chunk)
                 if progress:
                     progress(stage, step, max(n_steps, step))
                 if verbose and step % 100 == 0:
                     print(f"step {step}/{n_steps} {stage} loss {loss.item():.3f} {time.time() - t0:.0f}s", flush=True)
-            seen += len(examples)
+            seen += n_examples
             log.append(
                 {
                     "stage": stage,
                     "epoch": epoch,
-                    "loss": total / max(len(examples), 1),
+                    "loss": total / max(n_examples, 1),
                     "step": step,
                     "seconds": round(time.time() - t0, 1),
                 }

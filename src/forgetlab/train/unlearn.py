@@ -25,6 +25,23 @@ methods (:mod:`forgetlab.dist.backends`).
 Nothing is written until training has finished: a non-finite loss or gradient norm raises
 :class:`UnlearnDiverged` naming the step, and the output folder (written atomically) is left as
 it was.
+
+Training curves: every step's row (loss terms, grad norm, lr) goes to ``train_log.jsonl``, always.
+With ``log_with="tensorboard"`` the same numbers also go through accelerate's tracker API
+(``Accelerator(log_with=...)``, ``init_trackers``, ``log``) as scalars ``train/<key>`` (interleaved
+retain steps: ``train/retain_step/<key>``) at the row's ``step``, with the flattened resolved config as
+hyper-parameters. The event files gather in a hidden sibling of the output folder while training runs
+and are moved into ``<out>/tensorboard/<method>/`` when the folder is written (``tensorboard --logdir
+<out>/tensorboard``); a run that fails leaves none. Under ``accelerate launch`` only the main process
+writes them.
+
+With ``eval_every=N`` the model is evaluated before training, every N optimizer steps and after the
+last one: MCQ accuracy (``loglik`` protocol, :func:`forgetlab.eval.mcq.answer_mcq`) on the forget split's
+VQA and QA questions and on a fixed sample (seed 0, at most 64 per modality) of the retain split's
+(:func:`training_eval_sets`). Each evaluation is a ``train_log.jsonl`` row ``{"step": k, "eval": {...}}``
+(``k`` optimizer steps done, so it precedes step row ``k``) and tracker scalars ``eval/<set>_acc`` at
+step ``k``. Evaluation runs in eval mode without gradients and draws no random numbers: the trained
+weights are bit-identical to a run without it.
 """
 
 from __future__ import annotations
@@ -32,7 +49,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import shutil
+import tempfile
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -62,6 +82,13 @@ from forgetlab.models.load import load, load_model
 from forgetlab.train.masking import attach_mask, mask_from_samples, samples_digest
 from forgetlab.train.optim import MaskedAdamW
 from forgetlab.train.packed_optim import PackedMaskedAdamW
+from forgetlab.train.tracking import (
+    flat_hparams,
+    require_tracker,
+    step_scalars,
+    tracking_dir,
+    training_eval_sets,
+)
 from forgetlab.train.unlearn_config import LoraSettings, UnlearnConfig
 
 __all__ = ["LoraSettings", "UnlearnConfig", "UnlearnDiverged", "UnlearnRecipe", "check_output_dir", "unlearn"]
@@ -92,16 +119,32 @@ def check_output_dir(out: Path) -> None:
 
 
 class UnlearnRecipe:
-    """``setup`` (data, reference model, mask, optimizer) -> ``train`` -> ``save``."""
+    """``setup`` (data, reference model, mask, optimizer) -> ``train`` -> ``save``.
 
-    def __init__(self, config: UnlearnConfig) -> None:
+    With ``config.log_with`` set, ``log_dir`` is the (not yet existing) folder where the tracker's event
+    files gather during :meth:`train`; :meth:`save` moves it to ``<out>/tensorboard``. By default a fresh
+    folder under the system temporary directory (:func:`unlearn` uses :func:`tracking_dir` next to ``out``).
+    """
+
+    def __init__(self, config: UnlearnConfig, *, log_dir: Path | None = None) -> None:
         self.config = config
         self.method = config.build_method()
-        self.accelerator = Accelerator()
+        self.log_dir: Path | None = None
+        if config.log_with != "none":
+            require_tracker(config.log_with)
+            default = Path(tempfile.gettempdir()) / f"forgetlab-tracking-{uuid.uuid4().hex}"  # os.urandom: no RNG
+            self.log_dir = Path(log_dir) if log_dir is not None else default
+            self.accelerator = Accelerator(log_with=config.log_with, project_dir=self.log_dir)
+        else:
+            self.accelerator = Accelerator()
         acc = self.accelerator
         self.shard = Shard(acc.process_index, acc.num_processes, acc.device)
         self._engine = engine_managed(acc.distributed_type)  # FSDP/DeepSpeed reduce gradients themselves
         self.log: list[dict[str, Any]] = []
+        self.evals: list[dict[str, Any]] = []  # {"step": optimizer steps done, "eval": {...}}
+        self._rows: list[dict[str, Any]] = []  # step and eval rows in order: train_log.jsonl
+        self._tracking = False
+        self.eval_sets: dict[str, list[Sample]] = {}
         self.timings: dict[str, float] = {}
         self.mask: Mask | None = None
         self.masks: dict[torch.nn.Parameter, torch.Tensor] = {}
@@ -117,9 +160,24 @@ class UnlearnRecipe:
         *,
         mask: Mask | None = None,
         ref_model: torch.nn.Module | None = None,
+        eval_sets: dict[str, Sequence[Sample]] | None = None,
     ) -> None:
-        """Prepare a run on full forget/retain splits (training uses the configured modalities)."""
+        """Prepare a run on full forget/retain splits (training uses the configured modalities).
+
+        ``eval_sets`` (``{name: MCQ samples}``, see :func:`training_eval_sets`) is required with
+        ``config.eval_every`` and evaluated every that many steps as ``eval/<name>_acc``.
+        """
         cfg, t0 = self.config, time.perf_counter()
+        if cfg.eval_every is not None:
+            if not eval_sets or not any(eval_sets.values()):
+                raise ValueError(
+                    "eval_every needs multiple-choice questions to evaluate: pass eval_sets (see "
+                    "forgetlab.train.unlearn.training_eval_sets) or run through unlearn()"
+                )
+            bad = [n for n, xs in eval_sets.items() for x in xs if not x.is_mcq]
+            if bad:
+                raise ValueError(f"eval_sets[{bad[0]!r}] holds a question without options; only MCQs are evaluated")
+            self.eval_sets = {n: list(xs) for n, xs in eval_sets.items() if xs}
         masked, lora = self.method.requires_mask, cfg.lora is not None
         check_backend(self.accelerator.distributed_type, cfg.method, masked=masked, lora=lora)
         set_seed(cfg.seed)
@@ -298,14 +356,86 @@ class UnlearnRecipe:
         return {"step": index, "epoch": step.epoch, "kind": step.kind, "lr": lr, "grad_norm": grad_norm, **logs}
 
     def train(self, progress: Callable[[str, int, int], None] | None = None) -> list[dict[str, Any]]:
-        """Run every planned step; the log rows are also kept in ``self.log``."""
-        t0 = time.perf_counter()
-        for index, step in enumerate(self.steps):
-            self.log.append(self.run_step(index, step))
-            if progress is not None and self.shard.is_main:
-                progress(self.config.method, index + 1, len(self.steps))
+        """Run every planned step; the log rows are also kept in ``self.log`` (evaluations in ``self.evals``).
+
+        ``timings["train_s"]`` includes the evaluations (``timings["eval_s"]``). On any error the trackers
+        are closed and their event files removed before the error propagates.
+        """
+        t0, every, total = time.perf_counter(), self.config.eval_every, len(self.steps)
+        self._start_tracking()
+        try:
+            if every is not None:
+                self._evaluate(0)
+            for index, step in enumerate(self.steps):
+                row = self.run_step(index, step)
+                self.log.append(row)
+                self._rows.append(row)
+                if self._tracking:
+                    self.accelerator.log(step_scalars(row), step=row["step"])
+                done = index + 1
+                if every is not None and (done % every == 0 or done == total):
+                    self._evaluate(done)
+                if progress is not None and self.shard.is_main:
+                    progress(self.config.method, done, total)
+        except BaseException:
+            self._end_tracking(discard=True)
+            raise
+        self._end_tracking()
         self.timings["train_s"] = round(time.perf_counter() - t0, 3)
         return self.log
+
+    def _start_tracking(self) -> None:
+        if self.log_dir is None or self._tracking:
+            return
+        self.accelerator.init_trackers(self.config.method, config=flat_hparams(self.config.resolved()))
+        self._tracking = True
+
+    def _end_tracking(self, discard: bool = False) -> None:
+        """Close the trackers (their files complete); ``discard`` removes the event files too.
+
+        The trackers are finished one by one rather than by ``Accelerator.end_training``, which also
+        destroys the process group that :meth:`save` (and evaluation after unlearning) still needs.
+        """
+        if self._tracking:
+            self._tracking = False
+            for tracker in self.accelerator.trackers:
+                tracker.finish()  # main process only (accelerate's on_main_process)
+            self.accelerator.trackers.clear()
+        if discard and self.log_dir is not None and self.accelerator.is_main_process:
+            shutil.rmtree(self.log_dir, ignore_errors=True)
+
+    def _evaluate(self, done: int) -> dict[str, Any]:
+        """MCQ accuracy of every eval set after ``done`` optimizer steps; logged, then back to training mode.
+
+        Every process evaluates the same questions (FSDP/DeepSpeed forwards are collective); nothing here
+        draws random numbers or touches gradients, optimizer or scheduler.
+        """
+        from forgetlab.eval.mcq import answer_mcq
+
+        cfg, t0 = self.config, time.perf_counter()
+        model = self.model if self._engine else self.accelerator.unwrap_model(self.model)
+        modes = {m: m.training for m in self.model.modules()}
+        model.eval()
+        result: dict[str, Any] = {}
+        try:
+            autocast = torch.autocast(self.accelerator.device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+            with torch.no_grad(), autocast:
+                for name, samples in self.eval_sets.items():
+                    choices = answer_mcq(model, self.processor, samples, "loglik", batch_size=cfg.batch_size)
+                    hits = sum(c.predicted == s.correct for s, c in zip(samples, choices, strict=True))
+                    result[f"{name}_acc"] = hits / len(samples)
+                    result[f"{name}_n"] = len(samples)
+        finally:
+            for m, training in modes.items():
+                m.train(training)
+        row = {"step": done, "eval": result}
+        self.evals.append(row)
+        self._rows.append(row)
+        if self._tracking:
+            accs = {f"eval/{k}": v for k, v in result.items() if k.endswith("_acc")}
+            self.accelerator.log(accs, step=done)
+        self.timings["eval_s"] = round(self.timings.get("eval_s", 0.0) + time.perf_counter() - t0, 3)
+        return row
 
     # ------------------------------------------------------------------ save
     def summary(self, **info: Any) -> dict[str, Any]:
@@ -334,15 +464,22 @@ class UnlearnRecipe:
         if self.config.lora is not None:
             model = model.merge_and_unload()
         summary = self.summary(**info)
+        self._end_tracking()  # a no-op after train(); the event files must be complete before they move
         if self.accelerator.is_main_process:
-            with atomic_dir(out) as tmp:
-                model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
-                self.processor.save_pretrained(tmp)
-                if self.mask is not None:
-                    self.mask.save(tmp / "mask.safetensors")
-                write_jsonl(tmp / "train_log.jsonl", self.log)
-                summary["timings"]["save_s"] = round(time.perf_counter() - t0, 3)
-                write_json(tmp / "unlearn.json", summary)
+            try:
+                with atomic_dir(out) as tmp:
+                    model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+                    self.processor.save_pretrained(tmp)
+                    if self.mask is not None:
+                        self.mask.save(tmp / "mask.safetensors")
+                    write_jsonl(tmp / "train_log.jsonl", self._rows)
+                    if self.log_dir is not None and self.log_dir.is_dir():
+                        shutil.move(str(self.log_dir), str(tmp / "tensorboard"))
+                    summary["timings"]["save_s"] = round(time.perf_counter() - t0, 3)
+                    write_json(tmp / "unlearn.json", summary)
+            finally:
+                if self.log_dir is not None:  # moved on success; a failed write leaves nothing behind
+                    shutil.rmtree(self.log_dir, ignore_errors=True)
         self.accelerator.wait_for_everyone()
         return summary
 
@@ -354,14 +491,20 @@ def unlearn(
     config: UnlearnConfig,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Unlearn ``forget_<ratio>`` from the model at ``model_path``; write the result to ``out``."""
+    """Unlearn ``forget_<ratio>`` from the model at ``model_path``; write the result to ``out``.
+
+    With ``config.log_with="tensorboard"`` the event files end up in ``<out>/tensorboard/``; with
+    ``config.eval_every`` the questions of :func:`training_eval_sets` are evaluated during training.
+    """
     check_output_dir(out)
+    require_tracker(config.log_with)
     if config.mask is not None and not Path(config.mask).is_file():
         raise FileNotFoundError(f"mask file {config.mask} does not exist")
     forget = load_training(data_root, forget_split(config.forget_ratio))
     retain = load_training(data_root, retain_split(config.forget_ratio))
+    eval_sets = None if config.eval_every is None else training_eval_sets(data_root, config.forget_ratio)
     model, processor = load(model_path)
-    recipe = UnlearnRecipe(config)
-    recipe.setup(model, processor, forget, retain)
+    recipe = UnlearnRecipe(config, log_dir=tracking_dir(out))
+    recipe.setup(model, processor, forget, retain, eval_sets=eval_sets)
     recipe.train(progress)
     return recipe.save(out, model=str(model_path), data=str(data_root))

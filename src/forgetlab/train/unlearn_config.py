@@ -18,6 +18,7 @@ from forgetlab.methods import UnlearnMethod, build_method
 
 ModalityChoice = Literal["vqa", "qa", "both"]
 OptimizerState = Literal["full", "packed"]
+LogWith = Literal["none", "tensorboard"]
 
 
 class LoraSettings(BaseModel):
@@ -69,6 +70,17 @@ class UnlearnConfig(BaseModel):
         "full",
         description="masked methods: 'full' Adam state for every masked element (MaskedAdamW), or 'packed' "
         "state for the selected elements only (PackedMaskedAdamW: less memory; no unmasked retain steps)",
+    )
+    log_with: LogWith = Field(
+        "none",
+        description="experiment tracker of accelerate for the training curves: 'tensorboard' writes event files to "
+        "<out>/tensorboard/ (train_log.jsonl is always written)",
+    )
+    eval_every: int | None = Field(
+        None,
+        ge=1,
+        description="MCQ accuracy (loglik) on the forget split and a fixed 64-question retain sample per modality, "
+        "before training, every N optimizer steps and after the last one; None = no evaluation during training",
     )
 
     @model_validator(mode="after")
