@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(VENV)/bin/forgetlab demo --out runs/demo
 
 test: $(STAMP) chromium
-	FORGETLAB_REQUIRE_CHROMIUM=1 $(PY) -m pytest -q -p no:cacheprovider
+	FORGETLAB_REQUIRE_CHROMIUM=1 $(PY) -m pytest -q -p no:cacheprovider --durations=15
 
 # Debian's chromium, for the test that renders the report headless (not a pip package; as root or with sudo)
 chromium:
