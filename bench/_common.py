@@ -12,7 +12,7 @@ import argparse
 import json
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -82,3 +82,26 @@ def quiet_hf() -> None:
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+
+
+def start(parser: Callable[[], argparse.ArgumentParser], quick_defaults: dict[str, Any], argv: Sequence[str] | None):
+    """Parse a script's options, set its torch thread count and quiet transformers: every script's first step."""
+    import torch
+
+    args = parse(parser(), quick_defaults, argv)
+    torch.set_num_threads(args.threads)
+    quiet_hf()
+    return args
+
+
+def table_rows(
+    parser: Callable[[], argparse.ArgumentParser],
+    quick_defaults: dict[str, Any],
+    measure: Callable[[argparse.Namespace], Any],
+    to_rows: Callable[[Any, argparse.Namespace], list[dict]],
+    quick: bool,
+    threads: int,
+) -> list[dict]:
+    """A script's ``rows(quick, threads)`` for ``bench/run_all.py``: measure at those settings, return the rows."""
+    args = start(parser, quick_defaults, ["--threads", str(threads)] + (["--quick"] if quick else []))
+    return to_rows(measure(args), args)

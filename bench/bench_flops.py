@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import add_common_args, emit, parse, quiet_hf, row
+from _common import add_common_args, emit, row, start, table_rows
 from torch.utils.flop_counter import FlopCounterMode
 
 QUICK = {"steps": 10}
@@ -172,16 +172,11 @@ def parser() -> argparse.ArgumentParser:
 
 def rows(quick: bool = True, threads: int = 1) -> list[dict]:
     """Table rows for ``bench/run_all.py`` (``quick``: the ``--quick`` sizes)."""
-    args = parse(parser(), QUICK, ["--threads", str(threads)] + (["--quick"] if quick else []))
-    torch.set_num_threads(args.threads)
-    quiet_hf()
-    return to_rows(measure(args), args)
+    return table_rows(parser, QUICK, measure, to_rows, quick, threads)
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse(parser(), QUICK, argv)
-    torch.set_num_threads(args.threads)
-    quiet_hf()
+    args = start(parser, QUICK, argv)
     res = measure(args)
     report(res, args)
     emit(args, to_rows(res, args))

@@ -17,8 +17,7 @@ import json
 import tempfile
 from pathlib import Path
 
-import torch
-from _common import add_common_args, emit, parse, quiet_hf, row
+from _common import add_common_args, emit, row, start, table_rows
 
 
 def prepare(root: Path, people: int) -> tuple[Path, Path]:
@@ -103,16 +102,11 @@ def parser() -> argparse.ArgumentParser:
 
 def rows(quick: bool = True, threads: int = 1) -> list[dict]:
     """Table rows for ``bench/run_all.py`` (``quick``: the ``--quick`` sizes)."""
-    args = parse(parser(), QUICK, ["--threads", str(threads)] + (["--quick"] if quick else []))
-    torch.set_num_threads(args.threads)
-    quiet_hf()
-    return to_rows(measure(args), args)
+    return table_rows(parser, QUICK, measure, to_rows, quick, threads)
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse(parser(), QUICK, argv)
-    torch.set_num_threads(args.threads)
-    quiet_hf()
+    args = start(parser, QUICK, argv)
     res = measure(args)
     if args.json:
         print(json.dumps(res, indent=1))

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import add_common_args, emit, parse, quiet_hf, row, times
+from _common import add_common_args, emit, row, start, table_rows, times
 
 from forgetlab.models.tiny_lm import build_tiny_causal_lm
 from forgetlab.probe.run import run_probe
@@ -282,16 +282,11 @@ def parser() -> argparse.ArgumentParser:
 
 def rows(quick: bool = True, threads: int = 1) -> list[dict]:
     """Table rows for ``bench/run_all.py`` (``quick``: the ``--quick`` sizes)."""
-    args = parse(parser(), QUICK, ["--threads", str(threads)] + (["--quick"] if quick else []))
-    torch.set_num_threads(args.threads)
-    quiet_hf()
-    return to_rows(measure(args), args)
+    return table_rows(parser, QUICK, measure, to_rows, quick, threads)
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse(parser(), QUICK, argv)
-    torch.set_num_threads(args.threads)
-    quiet_hf()
+    args = start(parser, QUICK, argv)
     res = measure(args)
     report(res, args)
     emit(args, to_rows(res, args))

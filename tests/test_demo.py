@@ -79,8 +79,10 @@ def test_a_sweep_run_is_reused_only_with_the_same_config(demo) -> None:
 
     out, _ = demo
     run = out / "models" / "ga@0.001"
-    assert _same_config(run, UnlearnConfig(method="ga", lr=1e-3, forget_ratio=10, **COMMON))
-    assert not _same_config(run, UnlearnConfig(method="ga", lr=1e-3, forget_ratio=10, **(COMMON | {"span": "answer"})))
+    same = COMMON | {"log_with": TOY.log_with}
+    assert _same_config(run, UnlearnConfig(method="ga", lr=1e-3, forget_ratio=10, **same))
+    assert not _same_config(run, UnlearnConfig(method="ga", lr=1e-3, forget_ratio=10, **(same | {"span": "answer"})))
+    assert not _same_config(run, UnlearnConfig(method="ga", lr=1e-3, forget_ratio=10, **COMMON))  # no tracker
 
 
 # --- resumability and determinism -------------------------------------------------------------------------------
