@@ -28,7 +28,16 @@ from forgetlab.manifest import RunManifest
 from forgetlab.models.load import load
 from forgetlab.parallel import default_workers, run_jobs, worker_pool
 from forgetlab.progress import progress_bar
-from forgetlab.report.html import ExampleCard, Report, esc, example_cards, figure, metrics_table, verdict_table
+from forgetlab.report.html import (
+    MAIN_COLUMNS,
+    ExampleCard,
+    Report,
+    esc,
+    example_cards,
+    figure,
+    metrics_table,
+    verdict_table,
+)
 from forgetlab.report.plots import depth_plot, relearning_plot, tradeoff_plot
 from forgetlab.sweep import DEMO_SWEEP, MethodSweep, sweep_method, with_choice
 from forgetlab.train.finetune import FinetuneConfig, finetune
@@ -352,10 +361,13 @@ def _report(
     chosen = {"original": models["original"]} | {k: m for k, m in runs.items() if m.get("chosen")}
     report.add(
         "Results (MCQ accuracy, log-likelihood protocol; each method at its chosen learning rate)",
-        metrics_table(chosen, baseline="original")
+        metrics_table(_with_verification(chosen), RESULT_COLUMNS, "original", shade=[k for k, _ in MAIN_COLUMNS])
         + "<p class='muted'>Chosen run per method: forget VQA &le; 0.40 keeping the most forget QA + retain "
         "VQA + retain QA (else the lowest forget VQA). Green: within 0.05 of the original. Every method's loss "
-        "covers the whole sequence (the reference's span) except SimNPO's, defined on the answer tokens.</p>",
+        "covers the whole sequence (the reference's span) except SimNPO's, defined on the answer tokens. "
+        "MIA AUC: LOSS attack on forget-set VQA pairs vs never-trained people (0.5 = indistinguishable); "
+        "recovery: share of the lost accuracy that relearning <em>other</em> forgotten people brings back on "
+        "the held-out ones (details in the next sections).</p>",
     )
     if runs:
         report.add(
@@ -417,6 +429,21 @@ def _report(
         + "<p class='muted'>(relearned) / (held out): whether the relearning attack trained on this person.</p>",
     )
     report.write(out / "report.html")
+
+
+#: the results table: accuracies, then the verification's headline numbers
+RESULT_COLUMNS = (*MAIN_COLUMNS, ("mia_auc_vqa", "MIA AUC (VQA)"), ("recovery_held_out", "Recovery, held-out"),
+                  ("verdict", "Verdict"))  # fmt: skip
+
+
+def _with_verification(models: dict[str, dict]) -> dict[str, dict]:
+    """Each model's row plus its MIA LOSS AUC on VQA and its held-out recovery, as flat columns."""
+    rows = {}
+    for name, m in models.items():
+        auc = ((m.get("mia") or {}).get("vqa") or {}).get("loss")
+        recovery = ((m.get("relearn") or {}).get("recovery") or {}).get("headline", {}).get("held_out_people")
+        rows[name] = m | {"mia_auc_vqa": auc, "recovery_held_out": recovery}
+    return rows
 
 
 def _relearn_stages(out: Path, name: str) -> dict:

@@ -101,9 +101,13 @@ class Report:
 
 
 def metrics_table(
-    models: dict[str, dict], columns: Sequence[tuple[str, str]] = MAIN_COLUMNS, baseline: str | None = None
+    models: dict[str, dict],
+    columns: Sequence[tuple[str, str]] = MAIN_COLUMNS,
+    baseline: str | None = None,
+    shade: Sequence[str] | None = None,
 ) -> str:
-    """Rows = models, columns = metrics; with ``baseline``, cells are shaded by change vs it."""
+    """Rows = models, columns = metrics; with ``baseline``, cells are shaded by change vs it (only the
+    columns in ``shade`` when given: e.g. not an MIA AUC, where lower is better)."""
     cols = [(k, t) for k, t in columns if any(m.get(k) is not None for m in models.values())]
     head = "<tr><th>model</th>" + "".join(f"<th>{esc(t)}</th>" for _, t in cols) + "</tr>"
     body = []
@@ -111,7 +115,7 @@ def metrics_table(
         cells = []
         for k, _ in cols:
             v, cls = m.get(k), ""
-            if baseline and name != baseline and isinstance(v, float):
+            if baseline and name != baseline and (shade is None or k in shade) and isinstance(v, float):
                 ref = models[baseline].get(k)
                 if isinstance(ref, float):
                     cls = " good" if v >= ref - 0.05 else " bad"
