@@ -105,3 +105,18 @@ def table_rows(
     """A script's ``rows(quick, threads)`` for ``bench/run_all.py``: measure at those settings, return the rows."""
     args = start(parser, quick_defaults, ["--threads", str(threads)] + (["--quick"] if quick else []))
     return to_rows(measure(args), args)
+
+
+def run_main(
+    parser: Callable[[], argparse.ArgumentParser],
+    quick_defaults: dict[str, Any],
+    measure: Callable[[argparse.Namespace], Any],
+    report: Callable[[Any, argparse.Namespace], None],
+    to_rows: Callable[[Any, argparse.Namespace], list[dict]],
+    argv: Sequence[str] | None = None,
+) -> None:
+    """A script's ``main``: measure, print its own report, and write the table rows when asked."""
+    args = start(parser, quick_defaults, argv)
+    res = measure(args)
+    report(res, args)
+    emit(args, to_rows(res, args))

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import add_common_args, emit, row, start, table_rows
+from _common import add_common_args, row, run_main, table_rows
 from torch.utils.flop_counter import FlopCounterMode
 
 QUICK = {"steps": 10}
@@ -176,10 +176,7 @@ def rows(quick: bool = True, threads: int = 1) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = start(parser, QUICK, argv)
-    res = measure(args)
-    report(res, args)
-    emit(args, to_rows(res, args))
+    run_main(parser, QUICK, measure, report, to_rows, argv)
 
 
 if __name__ == "__main__":

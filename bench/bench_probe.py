@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import add_common_args, emit, row, start, table_rows, times
+from _common import add_common_args, row, run_main, table_rows, times
 
 from forgetlab.models.tiny_lm import build_tiny_causal_lm
 from forgetlab.probe.run import run_probe
@@ -286,10 +286,7 @@ def rows(quick: bool = True, threads: int = 1) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = start(parser, QUICK, argv)
-    res = measure(args)
-    report(res, args)
-    emit(args, to_rows(res, args))
+    run_main(parser, QUICK, measure, report, to_rows, argv)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -214,9 +215,8 @@ def verify_baseline(out: Path, data: Path, original: Path, settings: AssessSetti
 
 def verify_model(out: Path, data: Path, original: Path, name: str, path: Path, settings: AssessSettings,
                  baseline: dict) -> dict:  # fmt: skip
-    """:func:`~forgetlab.verify.assess.assess` of one model (relearning, MIA, probes, verdict), cached."""
-    from forgetlab.eval.mia_runner import benchmark_mia_sets
-
+    """:func:`~forgetlab.verify.assess.assess` of one model (relearning, MIA, probes, verdict), cached;
+    the MIA sets are read only when the model is not assessed yet."""
     return assess(
         original,
         path,
@@ -225,7 +225,6 @@ def verify_model(out: Path, data: Path, original: Path, name: str, path: Path, s
         out / "verify" / name,
         settings=settings,
         original_metrics=baseline["halves"],
-        mia_sets=benchmark_mia_sets(data, FORGET_RATIO),
         cache_dir=out / "verify" / "features",
     )
 
@@ -300,8 +299,9 @@ def run_demo(out: Path, plan: DemoPlan | None = None, console: Console | None = 
     with worker_pool(workers) as pool:
         if plan.methods:
             # independent jobs side by side: each method's sweep, each regime, the original's baselines
+            sweep_job = partial(sweep_method, extra=extra)
             jobs: dict[str, tuple] = {
-                sw.method: (sweep_method, (sw, model_dir, data, out / "models", FORGET_RATIO, mcq_sets, None, extra))
+                sw.method: (sweep_job, (sw, model_dir, data, out / "models", FORGET_RATIO, mcq_sets))
                 for sw in sorted(plan.sweep, key=lambda sw: sw.method != "mmunlearner")  # the longest first
             }
             if verify:

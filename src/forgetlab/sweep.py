@@ -5,21 +5,20 @@ config overrides that define the setting. All runs unlearn ``forget_<r>``'s VQA 
 reference's full-sequence label span (see ``data/collate.py``), so methods differ only by
 their loss (and MMUnlearner by its mask) — except SimNPO, whose loss is defined on response
 tokens only (each row records its ``span``). A run is reused only when its folder holds an
-unlearning with exactly the requested config.
+unlearning with exactly the requested config. :func:`sweep_method` is one method's job (the demo
+runs the methods side by side, :mod:`forgetlab.parallel`); :func:`with_choice` marks its chosen run.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from forgetlab.eval.runner import EvalConfig, evaluate
 from forgetlab.models.load import load
-from forgetlab.parallel import run_jobs
 from forgetlab.train.unlearn import UnlearnConfig, unlearn
 
 
@@ -131,22 +130,3 @@ def with_choice(per_method: dict[str, dict]) -> dict[str, dict]:
     """A method's rows, each marked ``chosen`` or not (see :func:`choose`)."""
     best = choose(per_method)
     return {name: m | {"chosen": name == best} for name, m in per_method.items()}
-
-
-def run_sweep(
-    original: Path,
-    data: Path,
-    models_dir: Path,
-    forget_ratio: int,
-    sweep: tuple[MethodSweep, ...] = DEMO_SWEEP,
-    eval_sets: dict | None = None,
-    progress: Callable[[str, int, int], None] | None = None,
-    pool: Executor | None = None,
-) -> dict[str, dict]:
-    """Every (method, lr) of ``sweep``, unlearned and evaluated (on ``pool``'s workers, one
-    method per job, when given); returns ``{run name: metrics + method/lr/chosen}``."""
-    jobs = {sw.method: (sweep_method, (sw, original, data, models_dir, forget_ratio, eval_sets)) for sw in sweep}
-    results: dict[str, dict] = {}
-    for per_method in run_jobs(pool, jobs, progress).values():
-        results |= with_choice(per_method)
-    return results
