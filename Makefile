@@ -6,16 +6,24 @@ STAMP := $(VENV)/.forgetlab-installed
 # torch is installed first and pinned: 2.13.0 is the CPU build that lies on this kind of
 # machine's disk; letting pip resolve a bare `torch` would pull a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
+UV := $(VENV)/bin/uv
 
-.PHONY: setup demo test bench lint clean chromium
+.PHONY: setup demo test bench lint clean chromium original
 
 setup: $(STAMP)
 
+# uv (from PyPI) installs in seconds what pip takes a minute for. torch comes from pip's own
+# find-links folder (PIP_FIND_LINKS, where this machine keeps its CPU wheel) when it holds one,
+# else from pip as before; uv never resolves torch on its own (it ignores pip's config and would
+# take PyPI's CUDA build). Without uv, pip installs everything.
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q uv || true
+	@set -e; links=$$(for d in $${PIP_FIND_LINKS:-$$(python3 -m pip config get global.find-links 2>/dev/null)}; do ls $$d/torch-2.13.0+cpu-*.whl 2>/dev/null; done | head -1); \
+	if [ -x $(UV) ] && [ -n "$$links" ] && [ "$(TORCH)" = "torch==2.13.0" ]; then \
+	  echo "torch from $$links"; $(UV) pip install -q --python $(PY) "$$links"; \
+	else $(PY) -m pip install -q "$(TORCH)"; fi
+	if [ -x $(UV) ]; then $(UV) pip install -q --python $(PY) -e '.[dev]'; else $(PY) -m pip install -q -e '.[dev]'; fi
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -28,6 +36,11 @@ test: $(STAMP) chromium
 chromium:
 	@command -v chromium >/dev/null || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+
+# retrain the original model shipped with the package (what `forgetlab demo` uses when it fits)
+original: $(STAMP)
+	$(VENV)/bin/forgetlab synth --out runs/original/data
+	$(VENV)/bin/forgetlab finetune --data runs/original/data --out src/forgetlab/assets/original-llava
 
 bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]' || echo "bench extra not installed: the ckatorch and representational-analysis rows will say so"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -43,27 +44,39 @@ def synth(
 def finetune(
     data: Annotated[Path, typer.Option(help="benchmark folder (MLLMU-Bench layout with ft_Data)")],
     out: Annotated[Path, typer.Option(help="output model folder")],
-    arch: Annotated[str, typer.Option(help="llava or qwen2vl")] = "llava",
-    seed: Annotated[int, typer.Option()] = 0,
+    arch: Annotated[str | None, typer.Option(help="llava or qwen2vl (default llava)")] = None,
+    seed: Annotated[int | None, typer.Option(help="default 0")] = None,
     epochs: Annotated[int | None, typer.Option(help="epochs over all data (default from config)")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="JSON file of FinetuneConfig fields; the options above override it")
+    ] = None,
 ) -> None:
-    """Inject the benchmark's knowledge into a fresh tiny model: the 'original' model."""
+    """Inject the benchmark's knowledge into a fresh tiny model: the 'original' model.
+
+    Runs data parallel under ``accelerate launch`` (every process takes part of each batch).
+    """
     from forgetlab.data.mllmu import DataError
+    from forgetlab.dist.shard import Shard
     from forgetlab.lock import OutputLocked, check_not_input, output_lock
     from forgetlab.progress import progress_bar
     from forgetlab.train.finetune import FinetuneConfig
     from forgetlab.train.finetune import finetune as run
 
     set_threads()
-    overrides = {"arch": arch, "seed": seed} | ({"epochs": epochs} if epochs is not None else {})
+    given = {"arch": arch, "seed": seed, "epochs": epochs}
     try:
-        config = FinetuneConfig(**overrides)
+        base = json.loads(config.read_text()) if config else {}
+        settings = FinetuneConfig(**(base | {k: v for k, v in given.items() if v is not None}))
         check_not_input(out, {"data": data})
-        with output_lock(out), progress_bar("finetune") as update:
-            summary = run(data, out, config, progress=update)
+        shard = Shard.current()
+        lock = output_lock(out) if shard.is_main else contextlib.nullcontext()  # one writer per folder
+        bar = progress_bar("finetune") if shard.is_main else contextlib.nullcontext(None)
+        with lock, bar as update:
+            summary = run(data, out, settings, progress=update, shard=shard)
     except (DataError, ValueError, OSError, OutputLocked) as e:
         _fail(str(e))
-    console.print(f"model saved to [bold]{out}[/] ({summary['steps']} steps, {summary['seconds']} s)")
+    if shard.is_main:
+        console.print(f"model saved to [bold]{out}[/] ({summary['steps']} steps, {summary['seconds']} s)")
 
 
 @app.command("eval")
@@ -145,6 +158,9 @@ def demo(
     log_with: Annotated[
         str, typer.Option(help="tensorboard: each unlearning run's curves to runs/demo/models/<run>/tensorboard/")
     ] = "none",
+    retrain_original: Annotated[
+        bool, typer.Option(help="train the original model here instead of using the one shipped with forgetlab")
+    ] = False,
 ) -> None:
     """The whole pipeline on the embedded benchmark, offline: synth -> finetune -> eval -> every method ->
     verification -> report. Rerunning resumes: finished stages are read back, not redone."""
@@ -153,7 +169,9 @@ def demo(
 
     set_threads()
     try:
-        result = run_demo(out, DemoPlan(people=people, seed=seed, workers=workers, log_with=log_with), console=console)
+        plan = DemoPlan(people=people, seed=seed, workers=workers, log_with=log_with,
+                        shipped_original=not retrain_original)  # fmt: skip
+        result = run_demo(out, plan, console=console)
     except (ValueError, OSError, OutputLocked) as e:  # OSError: e.g. a full disk (forgetlab.io.WriteFailed)
         _fail(str(e))
     chosen = {k: m for k, m in result["models"].items() if k == "original" or m.get("chosen")}

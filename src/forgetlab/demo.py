@@ -10,6 +10,7 @@ membership inference, per-layer probes, verdict) -> metrics.json + report.html.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -41,7 +42,7 @@ from forgetlab.report.html import (
 )
 from forgetlab.report.plots import depth_plot, relearning_plot, tradeoff_plot
 from forgetlab.sweep import DEMO_SWEEP, MethodSweep, sweep_method, with_choice
-from forgetlab.train.finetune import FinetuneConfig, finetune
+from forgetlab.train.finetune import SHIPPED_ORIGINAL, FinetuneConfig, finetune, trained_as
 from forgetlab.verify.assess import AssessSettings, assess, membership
 from forgetlab.verify.regimes import REGIMES, Regime, run_regime
 
@@ -62,6 +63,7 @@ class DemoPlan:
     verify: bool = True
     workers: int | None = None  # parallel one-thread jobs; None: one per core (results do not depend on it)
     log_with: str = "none"  # "tensorboard": every sweep run's training curves to <run>/tensorboard/
+    shipped_original: bool = True  # use the original model shipped with forgetlab when it fits (else train)
 
     def __post_init__(self) -> None:
         if self.log_with not in ("none", "tensorboard"):
@@ -83,6 +85,7 @@ class DemoPlan:
             "methods": self.methods,
             "verify": self.verify,
             "log_with": self.log_with,
+            "shipped_original": self.shipped_original,
         }
 
     def seeds(self) -> dict[str, int]:
@@ -107,18 +110,34 @@ def _synth(data: Path, people: int, seed: int, console: Console) -> None:
     write_benchmark(data, people=people, seed=seed)
 
 
-def _original(data: Path, model_dir: Path, config: FinetuneConfig, console: Console) -> None:
-    from forgetlab.data.synth import benchmark_digest
+def _original(data: Path, model_dir: Path, config: FinetuneConfig, shipped: bool, console: Console) -> str:
+    """Make ``model_dir`` hold the original model; returns where it came from.
 
-    done = model_dir / "finetune.json"
-    if done.exists():
-        info = json.loads(done.read_text())
-        if info.get("config") == config.model_dump() and info.get("data_digest") == benchmark_digest(data):
-            console.print(f"[dim]original model cached at {model_dir}[/]")
-            return
+    Reused when already there (same config, recipe and data); else, with ``shipped``, copied from
+    the model shipped with forgetlab (``SHIPPED_ORIGINAL``) when that one was trained the same way on
+    data with the same content hash; else trained here.
+    """
+    from forgetlab.data.synth import benchmark_digest
+    from forgetlab.io import atomic_dir
+
+    digest = benchmark_digest(data)
+    if trained_as(model_dir, config, digest):
+        console.print(f"[dim]original model cached at {model_dir}[/]")
+        return "cached"
+    if shipped and trained_as(SHIPPED_ORIGINAL, config, digest):
+        with atomic_dir(model_dir) as tmp:
+            for f in SHIPPED_ORIGINAL.iterdir():
+                shutil.copy2(f, tmp / f.name)
+        seconds = json.loads((model_dir / "finetune.json").read_text())["total_seconds"]
+        console.print(
+            f"original model: the one shipped with forgetlab (same config and data; trained in {seconds:.0f} s); "
+            "--retrain-original trains it here"
+        )
+        return "shipped"
     with progress_bar("knowledge injection", console) as update:
         summary = finetune(data, model_dir, config, progress=update)
     console.print(f"original model trained in {summary['seconds']:.0f} s")
+    return "trained"
 
 
 def _card_samples(data: Path, n: int = 4) -> list:
@@ -266,17 +285,17 @@ def run_demo(out: Path, plan: DemoPlan | None = None, console: Console | None = 
     timings: dict[str, float] = {}
     clock = time.time()
 
-    def lap(stage: str) -> None:
+    def lap(stage: str, **info: Any) -> None:
         nonlocal clock
         timings[stage] = round(time.time() - clock, 1)
-        manifest.finish(stage, timings[stage])
+        manifest.finish(stage, timings[stage], **info)
         clock = time.time()
 
     _synth(data, plan.people, plan.seed, console)
     manifest.record_data("benchmark", benchmark_digest(data))
     lap("synth")
-    _original(data, model_dir, plan.finetune_config(), console)
-    lap("finetune")
+    source = _original(data, model_dir, plan.finetune_config(), plan.shipped_original, console)
+    lap("finetune", original=source)
 
     eval_sets = load_eval_sets(data, FORGET_RATIO)
 

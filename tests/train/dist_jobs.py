@@ -15,6 +15,7 @@ from forgetlab.data.mllmu import load_training
 from forgetlab.dist.shard import Shard
 from forgetlab.eval.runner import EvalConfig, evaluate
 from forgetlab.models.load import load
+from forgetlab.train.finetune import FinetuneConfig
 from forgetlab.train.masking import group_importance
 from forgetlab.train.unlearn import UnlearnConfig, UnlearnRecipe
 
@@ -48,6 +49,11 @@ if os.environ.get("FORGETLAB_DIST_ALL") == "1":
 #: first step (π = π_ref), so AdamW turns round-off into steps of random sign on retain-only embedding rows
 ATOL = {"npo": 1e-5, "kl_min": 1e-5}
 IMPORTANCE = {"groups": "both", "batch_size": 4}
+#: knowledge injection: batches of 5 (parts of 2 and 3 examples, each run as length micro-batches),
+#: a few vision pre-training steps (batches of 32 split 16/16)
+FINETUNE = FinetuneConfig(
+    epochs=1, perception_epochs=1, batch_size=5, warmup_steps=2, vision_pretrain_steps=3, views_per_epoch=1
+)
 #: MCQ (log-likelihood) and generation on the forget and test sets, small batches: several per process
 EVAL = EvalConfig(sets=("forget", "test"), max_new_tokens=4, batch_size=4)
 

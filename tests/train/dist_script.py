@@ -1,8 +1,8 @@
 """Launched by test_distributed.py: ``accelerate launch ... dist_script.py MODEL DATA OUT PROCESSES``.
 
 Computes importance and runs every job of dist_jobs.JOBS on the launched processes. The main process
-writes OUT/importance.safetensors, OUT/eval.json, OUT/<job>/ (the recipe's own save) and OUT/ranks.json (digests of
-each process's mask and final weights, gathered).
+writes OUT/importance.safetensors, OUT/eval.json, OUT/<job>/ (the recipe's own save), OUT/finetune/ (knowledge
+injection) and OUT/ranks.json (digests of each process's mask and final weights, gathered).
 """
 
 from __future__ import annotations
@@ -12,10 +12,12 @@ import sys
 from pathlib import Path
 
 import torch
-from dist_jobs import JOBS, digest, evaluation, importance, run
+from dist_jobs import FINETUNE, JOBS, digest, evaluation, importance, run
 from safetensors.torch import save_file
 
 from forgetlab.dist.shard import Shard
+from forgetlab.models.load import load
+from forgetlab.train.finetune import finetune
 
 
 def main(model_dir: Path, data: Path, out: Path, processes: int) -> None:
@@ -40,6 +42,8 @@ def main(model_dir: Path, data: Path, out: Path, processes: int) -> None:
             mine["mask"] = digest(recipe.mask.tensors)
         for key, value in mine.items():
             ranks[f"{job}/{key}"] = shard.gather([value])
+    finetune(data, out / "finetune", FINETUNE, shard=shard)
+    ranks["finetune/weights"] = shard.gather([digest(dict(load(out / "finetune")[0].named_parameters()))])
     if shard.is_main:
         (out / "ranks.json").write_text(json.dumps(ranks, indent=1))
 

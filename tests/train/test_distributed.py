@@ -19,12 +19,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from dist_jobs import ATOL, JOBS, digest, evaluation, importance, run
+from dist_jobs import ATOL, FINETUNE, JOBS, digest, evaluation, importance, run
 from safetensors.torch import load_file
 
 from forgetlab.dist.shard import Shard
 from forgetlab.masks import Mask
 from forgetlab.models.load import load
+from forgetlab.models.tiny import build_tiny_model
+from forgetlab.train.finetune import benchmark_texts, finetune
 
 HERE = Path(__file__).parent
 ROOT = HERE.parents[1]
@@ -123,6 +125,30 @@ def test_masks_and_weights_are_identical_on_every_process_and_to_one_process(lau
 
 def test_only_the_main_process_wrote(launched) -> None:
     names = {p.name for p in launched.iterdir()}
-    assert names == {"importance.safetensors", "eval.json", "ranks.json", *JOBS}  # no temporary folders left behind
+    # no temporary folders left behind
+    assert names == {"importance.safetensors", "eval.json", "ranks.json", "finetune", *JOBS}
     for job in JOBS:
         assert (launched / job / "model.safetensors").is_file()
+
+
+def test_finetune_on_two_processes_equals_one(launched, tiny_bench, tmp_path) -> None:
+    """Knowledge injection (vision pre-training + epochs of micro-batched steps) is data parallel too."""
+    torch.set_num_threads(1)
+    summary = finetune(tiny_bench, tmp_path / "one", FINETUNE)
+    two_summary = json.loads((launched / "finetune" / "finetune.json").read_text())
+    assert (summary["processes"], two_summary["processes"]) == (1, 2)
+    assert two_summary["steps"] == summary["steps"] > 5
+    for a, b in zip(two_summary["log"], summary["log"], strict=True):  # the loss of the global batches
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+    one = dict(load(tmp_path / "one")[0].named_parameters())
+    two = dict(load(launched / "finetune")[0].named_parameters())
+    fresh, _ = build_tiny_model("llava", benchmark_texts(tiny_bench), FINETUNE.image_size, 0)
+    untrained = dict(fresh.named_parameters())
+    # AdamW turns a round-off-sized gradient (a rare token's embedding row, a key bias) into an lr-sized
+    # step of random sign, so a few elements may drift by up to lr per step; nearly all must agree closely
+    drift = max(FINETUNE.lr, FINETUNE.vision_pretrain_lr) * summary["steps"]
+    for name, p in one.items():
+        diff = (two[name] - p).abs()
+        assert float(diff.max()) <= drift, name
+        assert float((diff > 1e-5).float().mean()) < 1e-3, name
+    assert sum(not torch.equal(one[n], untrained[n]) for n in one) > len(one) // 2  # it did train

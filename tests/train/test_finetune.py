@@ -101,3 +101,66 @@ def test_length_grouped_batches_cover_the_epoch_with_less_padding(small_bench, b
     assert all(len(b) <= 8 for b in grouped) and len(grouped) == len(plain)
     tokens = sum(len(e.input_ids) for b in plain for e in b)  # no padding at all
     assert padded(grouped) <= 1.05 * tokens < padded(plain)
+
+
+def test_length_micro_batches_give_the_same_loss_and_gradient_with_less_padding(small_bench, bench_texts):
+    """A mixed batch run as length micro-batches: every example once, less padding, the same step."""
+    import random
+
+    from forgetlab.data.collate import collate, length_groups
+    from forgetlab.data.mllmu import load_training
+    from forgetlab.dist.shard import Shard
+    from forgetlab.models.tiny import build_tiny_model
+    from forgetlab.train.finetune import EpochSampler, _batch_loss
+
+    model, processor = build_tiny_model("llava", bench_texts, 32, 0)
+    cfg = FinetuneConfig(batch_size=16)
+    batch = EpochSampler(processor, load_training(small_bench, "ft_Data"), cfg, random.Random(0)).batches("all")[0]
+    assert {e.pixel_values is None for e in batch} == {True, False}  # image and text examples mixed
+    groups = length_groups(batch)
+    assert 1 < len(groups) <= 3 and sorted(map(id, batch)) == sorted(id(e) for g in groups for e in g)
+    padded = lambda bs: sum(len(b) * max(len(e.input_ids) for e in b) for b in bs)  # noqa: E731
+    assert padded(groups) < 0.85 * padded([batch])
+
+    def step(loss_fn) -> tuple[float, list[torch.Tensor]]:
+        model.zero_grad(set_to_none=True)
+        loss = loss_fn()
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    def whole() -> torch.Tensor:
+        b = collate(batch, processor.tokenizer.pad_token_id)
+        labels = b.pop("labels")
+        logits = model(**b).logits[:, :-1]
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1))
+
+    loss_a, grads_a = step(lambda: _batch_loss(model, batch, processor.tokenizer.pad_token_id, Shard()))
+    loss_b, grads_b = step(whole)
+    assert loss_a == pytest.approx(loss_b, rel=1e-6) and len(grads_a) == len(grads_b)
+    for a, b in zip(grads_a, grads_b, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+
+def test_demo_copies_a_fitting_shipped_original_and_trains_otherwise(quick_models, small_bench, tmp_path, monkeypatch):
+    """The demo uses the shipped original only when config, recipe and data hash all match."""
+    from rich.console import Console
+
+    import forgetlab.demo as demo
+    from forgetlab.data.synth import benchmark_digest
+    from forgetlab.train.finetune import trained_as
+
+    root, summary, _ = quick_models
+    monkeypatch.setattr(demo, "SHIPPED_ORIGINAL", root / "a")
+    config, quiet = FinetuneConfig(**QUICK), Console(quiet=True)
+    assert trained_as(root / "a", config, benchmark_digest(small_bench))
+    assert not trained_as(root / "a", FinetuneConfig(**QUICK | {"seed": 1}), benchmark_digest(small_bench))
+    assert not trained_as(root / "a", config, "another benchmark")
+
+    assert demo._original(small_bench, tmp_path / "m", config, True, quiet) == "shipped"
+    shipped, copied = load_file(root / "a" / "model.safetensors"), load_file(tmp_path / "m" / "model.safetensors")
+    assert all(torch.equal(shipped[k], copied[k]) for k in shipped)
+    assert demo._original(small_bench, tmp_path / "m", config, True, quiet) == "cached"
+    other = FinetuneConfig(**QUICK | {"seed": 1})  # another config: the shipped model does not fit
+    assert demo._original(small_bench, tmp_path / "n", other, True, quiet) == "trained"
+    assert demo._original(small_bench, tmp_path / "o", config, False, quiet) == "trained"  # --retrain-original
+    assert json.loads((tmp_path / "n" / "finetune.json").read_text())["config"]["seed"] == 1

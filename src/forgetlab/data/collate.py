@@ -224,3 +224,36 @@ def collate(examples: Sequence[Encoded], pad_id: int, *, left_pad: bool = False)
         else:
             batch["pixel_values"] = torch.cat([p if p.dim() == 4 else p[None] for p in pixels], dim=0)
     return batch
+
+
+def length_groups(examples: Sequence[Encoded], max_groups: int = 3, overhead: int = 64) -> list[list[Encoded]]:
+    """``examples`` split into at most ``max_groups`` micro-batches of similar length.
+
+    A padded batch costs ``size x longest`` token positions; image examples are several times
+    longer than text ones, so a mixed batch is about half padding. Cutting the length-sorted batch
+    where that cost (plus ``overhead`` positions per extra forward pass) is smallest keeps the
+    *same* examples in the step (the loss is a sum over the groups) and drops most of the padding:
+    unlike grouping whole batches by length, every step still mixes every kind of example.
+    """
+    ordered = sorted(examples, key=lambda e: len(e.input_ids))
+    lengths = [len(e.input_ids) for e in ordered]
+    n = len(ordered)
+    # best[g][j]: least cost of the first j examples in g groups; cut[g][j]: where the last group starts
+    inf = float("inf")
+    best = [[inf] * (n + 1) for _ in range(max_groups + 1)]
+    cut = [[0] * (n + 1) for _ in range(max_groups + 1)]
+    best[0][0] = 0
+    for g in range(1, max_groups + 1):
+        for j in range(1, n + 1):
+            for i in range(j):
+                cost = best[g - 1][i] + (j - i) * lengths[j - 1] + overhead
+                if cost < best[g][j]:
+                    best[g][j], cut[g][j] = cost, i
+    groups = min(range(1, max_groups + 1), key=lambda g: best[g][n]) if n else 0
+    out: list[list[Encoded]] = []
+    j = n
+    for g in range(groups, 0, -1):
+        i = cut[g][j]
+        out.append(list(ordered[i:j]))
+        j = i
+    return out[::-1]

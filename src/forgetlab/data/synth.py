@@ -62,8 +62,11 @@ from forgetlab.data.schema import (
     retain_split,
 )
 
-#: bump when the generated content changes for the same arguments.
-VERSION = 3
+#: bump when the generated content (or a default) changes for the same arguments.
+#: 4: eight training renderings per person by default (was four): with four, test VQA (new
+#: renderings) stayed at 0.80-0.85 while the same model named every test face correctly; with
+#: eight it reached 0.89 at the same training cost (each epoch still shows two views per question).
+VERSION = 4
 MARKER = "forgetlab_synth.json"
 GENERATOR = "forgetlab.data.synth"
 PARQUET_NAME = "train-00000-of-00001.parquet"
@@ -469,7 +472,7 @@ def write_benchmark(
     people: int = 100,
     celebrities: int = 20,
     seed: int = 0,
-    train_views: int = 4,
+    train_views: int = 8,
     test_views: int = 2,
     *,
     perception_train: int = 200,

@@ -22,14 +22,24 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel, Field
 
-from forgetlab.data.collate import Encoded, collate, encode
+from forgetlab.data.collate import Encoded, collate, encode, length_groups
 from forgetlab.data.mllmu import available_splits, load_split, load_training
 from forgetlab.data.schema import FT_SPLIT, HOLDOUT_SPLIT, Sample
 from forgetlab.data.synth import benchmark_digest
+from forgetlab.dist.grads import sum_gradients
+from forgetlab.dist.shard import Shard
 from forgetlab.io import atomic_dir, write_json
 from forgetlab.models.groups import module_groups
 from forgetlab.models.tiny import Arch, build_tiny_model, save_model
 from forgetlab.train.vision_pretrain import pretrain_vision
+
+#: version of the training procedure beyond its config (bumped when the same config trains differently);
+#: 2: each batch runs as micro-batches of similar length (same examples per step, less padding)
+RECIPE = 2
+
+#: a trained original model shipped with the package (``forgetlab demo`` copies it instead of training
+#: when it was trained with the same config and recipe on a benchmark with the same content hash)
+SHIPPED_ORIGINAL = Path(__file__).resolve().parents[1] / "assets" / "original-llava"
 
 
 class FinetuneConfig(BaseModel):
@@ -197,12 +207,17 @@ def finetune(
     progress: Callable[[str, int, int], None] | None = None,
     verbose: bool = False,
     on_epoch_end: Callable[[str, int, torch.nn.Module], dict | None] | None = None,
+    shard: Shard | None = None,
 ) -> dict:
     """Train a tiny model on ``data``'s ``ft_Data`` and save it (atomically) to ``out``.
 
-    Returns the training summary (also written to ``out/finetune.json``).
+    Returns the training summary (also written to ``out/finetune.json``). Under ``accelerate
+    launch`` (``shard``, default :meth:`Shard.current`) every process takes its part of each global
+    batch and gradients are summed (data parallel): N processes train what one process trains, up
+    to float summation order; the main process saves.
     """
     config = config or FinetuneConfig()
+    shard = shard or Shard.current()
     t_start = time.time()
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
@@ -215,7 +230,12 @@ def finetune(
     vision_summary = None
     if config.vision_pretrain_steps:
         vision_summary = pretrain_vision(
-            model, processor, steps=config.vision_pretrain_steps, lr=config.vision_pretrain_lr, seed=config.seed
+            model,
+            processor,
+            steps=config.vision_pretrain_steps,
+            lr=config.vision_pretrain_lr,
+            seed=config.seed,
+            shard=shard,
         )
         if verbose:
             print("vision pre-training", vision_summary, flush=True)
@@ -240,33 +260,32 @@ def finetune(
         ),
     )
     model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
     log: list[dict] = []
     step, seen, t0 = 0, 0, time.time()
     for stage, epochs in stages:
         for epoch in range(epochs):
-            batches = sampler.batches(stage)
+            batches = sampler.batches(stage)  # the same global batches on every process (same rng)
             total, n_examples = 0.0, 0
             for chunk in batches:
-                batch = collate(chunk, pad_id)
-                labels = batch.pop("labels")
-                logits = model(**batch).logits[:, :-1]
-                loss = torch.nn.functional.cross_entropy(
-                    logits.reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1), ignore_index=-100
-                )
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"non-finite training loss at step {step} ({stage} epoch {epoch})")
+                loss = _batch_loss(model, chunk, pad_id, shard)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                sum_gradients(params, shard)
+                # the global loss and gradient norm agree on every process: all stop together
+                global_loss = shard.sum_floats({"loss": loss.item()})["loss"]
+                norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+                if not (math.isfinite(global_loss) and torch.isfinite(norm)):
+                    raise FloatingPointError(f"non-finite training loss at step {step} ({stage} epoch {epoch})")
                 optimizer.step()
                 schedule.step()
                 step += 1
-                total += loss.item() * len(chunk)
+                total += global_loss * len(chunk)
                 n_examples += len(chunk)
                 if progress:
                     progress(stage, step, max(n_steps, step))
                 if verbose and step % 100 == 0:
-                    print(f"step {step}/{n_steps} {stage} loss {loss.item():.3f} {time.time() - t0:.0f}s", flush=True)
+                    print(f"step {step}/{n_steps} {stage} loss {global_loss:.3f} {time.time() - t0:.0f}s", flush=True)
             seen += n_examples
             log.append(
                 {
@@ -289,6 +308,9 @@ def finetune(
         "data_digest": benchmark_digest(Path(data)),
         "n_train_pairs": len(samples),
         "examples_seen": seen,
+        "processes": shard.world,
+        "recipe": RECIPE,
+        "torch_threads": torch.get_num_threads(),
         "vision_pretrain": vision_summary,
         "total_seconds": round(time.time() - t_start, 1),
         "steps": step,
@@ -296,12 +318,53 @@ def finetune(
         "log": log,
     }
     model.eval()
-    with atomic_dir(out) as tmp:
-        save_model(model, processor, tmp)
-        write_json(tmp / "finetune.json", summary)
+    if shard.is_main:  # every process holds the same weights; one writes them
+        with atomic_dir(out) as tmp:
+            save_model(model, processor, tmp)
+            write_json(tmp / "finetune.json", summary)
+    shard.barrier()
     return summary
+
+
+def _batch_loss(model: torch.nn.Module, chunk: list[Encoded], pad_id: int, shard: Shard) -> torch.Tensor:
+    """This process's share of the mean next-token NLL over the global batch ``chunk``.
+
+    Each process takes its part of the batch, runs it as micro-batches of similar length
+    (:func:`~forgetlab.data.collate.length_groups`: the same examples, a third less compute) and
+    returns its summed NLL over the global count of supervised tokens, so the shares of all
+    processes add up to the mean over the whole batch (one process: exactly that mean). A process
+    whose part is empty computes on a stand-in example with nothing supervised.
+    """
+    mine = shard.part(chunk)
+    nll, count = torch.zeros(()), torch.zeros((), dtype=torch.long)
+    for group in length_groups(mine or chunk[:1]):
+        batch = collate(group, pad_id)
+        labels = batch.pop("labels")[:, 1:]
+        if not mine:
+            labels = torch.full_like(labels, -100)
+        logits = model(**batch).logits[:, :-1]
+        nll = nll + torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100, reduction="sum"
+        )
+        count = count + (labels != -100).sum()
+    shard.all_sum([count])
+    if not int(count):
+        raise ValueError("a training batch has no supervised tokens (every label is -100)")
+    return nll / count
 
 
 def load_summary(model_dir: Path) -> dict | None:
     path = Path(model_dir) / "finetune.json"
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def trained_as(model_dir: Path, config: FinetuneConfig, data_digest: str) -> bool:
+    """Whether ``model_dir`` holds a model trained with ``config`` and this recipe on data with this digest."""
+    info = load_summary(model_dir)
+    return (
+        info is not None
+        and (Path(model_dir) / "config.json").exists()
+        and info.get("config") == config.model_dump()
+        and info.get("recipe") == RECIPE
+        and info.get("data_digest") == data_digest
+    )

@@ -19,6 +19,8 @@ import torch
 from torch import nn
 
 from forgetlab.data import portraits as P
+from forgetlab.dist.grads import sum_gradients
+from forgetlab.dist.shard import Shard
 
 #: label heads: name -> number of classes
 FACE_HEADS: dict[str, int] = {k: len(v) for k, v in P.FEATURE_VALUES.items()}
@@ -76,12 +78,16 @@ def pretrain_vision(
     lr: float = 1e-3,
     pool_size: int = 1500,
     seed: int = 0,
+    shard: Shard | None = None,
 ) -> dict:
     """Train vision tower + projector of ``model`` on generated images; returns a summary.
 
     Images are drawn once into a pool (``pool_size`` faces and as many shape scenes, each a
-    fresh random view) and sampled with replacement.
+    fresh random view) and sampled with replacement. Under ``accelerate launch`` (``shard``) every
+    process draws the same batches, takes its part and gradients are summed; the accuracies in
+    the summary are then process 0's part of each batch.
     """
+    shard = shard or Shard()
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     t0 = time.time()
@@ -100,17 +106,19 @@ def pretrain_vision(
         kind = "face" if step % 2 == 0 else "shape"
         images, labels = pools[kind]
         idx = torch.randint(len(images), (batch_size,), generator=gen)
-        inputs = _select(pixels[kind], idx)
-        feats = _image_tokens(model, inputs)
+        idx = torch.tensor(shard.part(idx.tolist()) or idx[:1].tolist())  # a stand-in adds zero (below)
+        weight = 1.0 / batch_size if len(shard.part(range(batch_size))) else 0.0
+        feats = _image_tokens(model, _select(pixels[kind], idx))
         names = FACE_HEADS if kind == "face" else SHAPE_HEADS
         loss = torch.zeros(())
         for name in names:
             logits = heads[name](feats)
             target = labels[name][idx]
-            loss = loss + nn.functional.cross_entropy(logits, target)
+            loss = loss + weight * nn.functional.cross_entropy(logits, target, reduction="sum")
             accs[name] = 0.9 * accs.get(name, 0.0) + 0.1 * (logits.argmax(-1) == target).float().mean().item()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        sum_gradients([*vision_params, *heads.parameters()], shard)
         torch.nn.utils.clip_grad_norm_(vision_params, 1.0)
         optimizer.step()
         schedule.step()
