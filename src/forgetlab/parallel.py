@@ -54,8 +54,11 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _init_worker(parent: int) -> None:
+    from transformers.utils import logging as hf_logging
+
     _die_with_parent(parent)
     torch.set_num_threads(JOB_THREADS)
+    hf_logging.disable_progress_bar()  # no per-file loading bars under the demo's own progress bars
 
 
 @contextmanager

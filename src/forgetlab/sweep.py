@@ -47,7 +47,7 @@ DEMO_SWEEP: tuple[MethodSweep, ...] = (
     MethodSweep("salun", (1e-4, 3e-4)),
     MethodSweep(
         "mmunlearner",
-        (1e-4, 2e-4, 3e-4),
+        (2e-4, 3e-4),  # 1e-4 left forget VQA above 0.40 (the choice's target) in every run so far
         {"pairing": "interleave", "retain_weight": 1.0, "method_args": {"groups": "both"}},
     ),
 )
