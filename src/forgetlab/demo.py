@@ -13,7 +13,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -337,8 +337,10 @@ def run_demo(out: Path, plan: DemoPlan | None = None, console: Console | None = 
             baseline = done["baseline"]
             targets = {k: out / "models" / k for k, m in runs.items() if m.get("chosen")}
             targets |= {k: Path(m["path"]) for k, m in regimes.items()}
+            # the report draws every model's curves itself; only the regimes' Fisher histograms come from PNGs
+            settings = {name: replace(plan.assess, probe_plots=name in regimes) for name in targets}
             jobs = {
-                name: (verify_model, (out, data, model_dir, name, path, plan.assess, baseline))
+                name: (verify_model, (out, data, model_dir, name, path, settings[name], baseline))
                 for name, path in targets.items()
             }
             with progress_bar("verifying (relearn, MIA, probes)", console) as update:

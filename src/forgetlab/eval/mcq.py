@@ -113,8 +113,9 @@ def option_tokens(processor, sample: Sample) -> dict[str, int] | None:
 @torch.no_grad()
 def _sequence_scores(model, examples: list[Encoded], spans: list[tuple[int, int]], pad_id: int, bs: int) -> list[float]:
     """Sum of log p(token) over ``spans[i] = (start, end)`` token positions of each example."""
-    out: list[float] = []
-    for idx in _chunks(list(range(len(examples))), bs):
+    out: list[float] = [0.0] * len(examples)
+    by_length = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))  # little padding
+    for idx in _chunks(by_length, bs):
         batch = collate([examples[i] for i in idx], pad_id)
         batch.pop("labels")
         logprobs = torch.log_softmax(model(**_to_model(model, batch)).logits.float(), dim=-1)
@@ -122,7 +123,7 @@ def _sequence_scores(model, examples: list[Encoded], spans: list[tuple[int, int]
             start, end = spans[i]
             targets = examples[i].input_ids[start:end].to(logprobs.device)
             lp = logprobs[row, start - 1 : end - 1].gather(-1, targets[:, None]).sum()
-            out.append(lp.item())
+            out[i] = lp.item()
     return out
 
 
@@ -147,6 +148,7 @@ def score_options(
             single.append((i, encode_prompt(processor, s), token_of))
         else:
             multi.append(i)
+    single.sort(key=lambda item: len(item[1].input_ids))  # batches of similar length: little padding
     with torch.no_grad():
         for chunk in _chunks(single, batch_size):
             batch = collate([p for _, p, _ in chunk], pad_id, left_pad=True)

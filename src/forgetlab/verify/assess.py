@@ -40,6 +40,7 @@ class AssessSettings:
     relearn_modality: str = "vqa"
     probe_per_group: int = 24
     probe_pooling: str = "mean"
+    probe_plots: bool = True  # PNG curves and Fisher histograms next to probe.json (~3 s per model)
     seed: int = 0
 
 
@@ -162,6 +163,7 @@ def assess(
         per_group=settings.probe_per_group,
         cache_dir=cache_dir,
         seed=settings.seed,
+        plots=settings.probe_plots,
     )
     by_model = probe["results"][settings.probe_pooling]["all"]
     curves = probe_curves(by_model["unlearned"]) | {"relearned": probe_curves(by_model["relearned"])}
