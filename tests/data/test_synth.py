@@ -278,10 +278,10 @@ def test_default_size_counts_time_and_vocabulary(default: tuple[Path, float]) ->
         "retain_95": 95,
         "retain_90": 90,
         "retain_85": 85,
-        "ft_Data": 120 * (4 + 1) + 200 + 40,
+        "ft_Data": 120 * (8 + 1) + 200 + 40,  # 8 renderings + 1 text row per person
         "Perception_Set": 60,
         "World_Set": 40,
-        "Holdout_Set": 10 * (4 + 1),
+        "Holdout_Set": 10 * (8 + 1),
     }
     words: set[str] = set()
     letters: Counter[str] = Counter()

@@ -87,3 +87,31 @@ def test_protocols_agree_on_a_trained_model(bench_texts, small_bench):
     agree = sum(a.predicted == b.predicted for a, b in zip(loglik, generate, strict=True)) / len(truth)
     assert acc["loglik"] >= 0.9 and acc["generate"] >= 0.9, acc
     assert agree >= 0.85, (agree, acc)
+
+
+def test_encodings_are_reused_across_models_and_keyed_by_image_content(bench_texts, mcq_samples):
+    """A second model with the same processor reuses the encoded prompts; scores are unchanged."""
+    from dataclasses import replace
+
+    from PIL import Image
+
+    from forgetlab.eval import mcq
+
+    model, processor = build_tiny_model("llava", bench_texts, image_size=32, seed=1)
+    other, processor2 = build_tiny_model("llava", bench_texts, image_size=32, seed=2)  # an equal processor copy
+    model.eval()
+    other.eval()
+    mcq._ENCODED.clear()
+    first = score_options(model, processor, mcq_samples, batch_size=4)
+    cached = len(mcq._ENCODED)
+    assert cached >= len(mcq_samples)
+    again = score_options(model, processor2, mcq_samples, batch_size=4)
+    assert len(mcq._ENCODED) == cached  # nothing encoded again
+    assert [c.scores for c in again] == [c.scores for c in first]
+    mcq._ENCODED.clear()
+    fresh = score_options(other, processor2, mcq_samples, batch_size=4)
+    assert [c.scores for c in score_options(other, processor, mcq_samples, batch_size=4)] == [c.scores for c in fresh]
+    with_image = next(s for s in mcq_samples if s.image is not None)
+    flipped = replace(with_image, image=with_image.image.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
+    a, b = (mcq._encoded(processor, s) for s in (with_image, flipped))  # same question, another image
+    assert a is not b and not torch.equal(a.pixel_values, b.pixel_values)

@@ -70,13 +70,31 @@ def _fingerprint(processor) -> str:
         backend = getattr(tok, "backend_tokenizer", None)
         text = backend.to_str() if backend is not None else repr(sorted(tok.get_vocab().items()))
         template = getattr(processor, "chat_template", None) or getattr(tok, "chat_template", None) or ""
-        digest = hashlib.sha256((text + "\0" + str(template)).encode()).hexdigest()
+        images = getattr(processor, "image_processor", None)
+        pixels = images.to_json_string() if images is not None else ""
+        digest = hashlib.sha256((text + "\0" + str(template) + "\0" + pixels).encode()).hexdigest()
         _FINGERPRINTS[key] = (tok, digest)
     return _FINGERPRINTS[key][1]
 
 
 _FINGERPRINTS: dict[int, tuple[object, str]] = {}
 _PLANS: dict[tuple, dict[str, int] | None] = {}
+#: encoded prompts (and prompt + option sequences) by processor fingerprint, text and image content:
+#: every model of a sweep is asked the same questions, and encoding is a third of an evaluation
+_ENCODED: dict[tuple, Encoded] = {}
+_MAX_ENCODED = 50_000
+
+
+def _encoded(processor, sample: Sample, answer: str | None = None) -> Encoded:
+    """``encode_prompt(processor, sample)`` (or ``encode(..., answer=answer)``), memoised."""
+    image = sample.image
+    pixels = None if image is None else (image.mode, image.size, hashlib.blake2b(image.tobytes()).digest())
+    key = (_fingerprint(processor), sample.question, answer, pixels)
+    if key not in _ENCODED:
+        if len(_ENCODED) >= _MAX_ENCODED:
+            _ENCODED.clear()
+        _ENCODED[key] = encode_prompt(processor, sample) if answer is None else encode(processor, sample, answer=answer)
+    return _ENCODED[key]
 _MAX_PLANS = 200_000
 
 
@@ -145,7 +163,7 @@ def score_options(
             raise ValueError(f"sample of {s.person_id!r} is not a multiple-choice question: {s.question!r}")
         token_of = option_tokens(processor, s) if single_pass else None
         if token_of is not None:
-            single.append((i, encode_prompt(processor, s), token_of))
+            single.append((i, _encoded(processor, s), token_of))
         else:
             multi.append(i)
     single.sort(key=lambda item: len(item[1].input_ids))  # batches of similar length: little padding
@@ -163,7 +181,7 @@ def score_options(
             s = samples[i]
             suffix = _answer_suffix_len(processor, s)
             for letter, text in s.options.items():
-                e = encode(processor, s, answer=text)
+                e = _encoded(processor, s, answer=text)
                 examples.append(e)
                 spans.append((e.prompt_len, len(e.input_ids) - suffix))
                 owners.append((i, letter))
