@@ -55,6 +55,7 @@ class DemoPlan:
 
     people: int = 100
     seed: int = 0
+    train_views: int = 8  # training renderings per person in the benchmark (write_benchmark's default)
     finetune: FinetuneConfig | None = None  # default: FinetuneConfig(seed=seed)
     sweep: tuple[MethodSweep, ...] = DEMO_SWEEP
     regimes: tuple[Regime, ...] = REGIMES
@@ -77,6 +78,7 @@ class DemoPlan:
         return {
             "people": self.people,
             "seed": self.seed,
+            "train_views": self.train_views,
             "forget_ratio": FORGET_RATIO,
             "finetune": self.finetune_config().model_dump(),
             "sweep": [asdict(s) for s in self.sweep],
@@ -97,17 +99,18 @@ class DemoPlan:
         }
 
 
-def _synth(data: Path, people: int, seed: int, console: Console) -> None:
+def _synth(data: Path, people: int, seed: int, train_views: int, console: Console) -> None:
     from forgetlab.data.synth import VERSION, write_benchmark
 
     marker = data / "forgetlab_synth.json"
     if marker.exists():
         info = json.loads(marker.read_text())
-        if info.get("people") == people and info.get("seed") == seed and info.get("version") == VERSION:
+        wanted = {"people": people, "seed": seed, "version": VERSION, "train_views": train_views}
+        if all(info.get(k) == v for k, v in wanted.items()):
             console.print(f"[dim]benchmark cached at {data}[/]")
             return
     console.print(f"generating the synthetic benchmark ({people} people) ...")
-    write_benchmark(data, people=people, seed=seed)
+    write_benchmark(data, people=people, seed=seed, train_views=train_views)
 
 
 def _original(data: Path, model_dir: Path, config: FinetuneConfig, shipped: bool, console: Console) -> str:
@@ -291,7 +294,7 @@ def run_demo(out: Path, plan: DemoPlan | None = None, console: Console | None = 
         manifest.finish(stage, timings[stage], **info)
         clock = time.time()
 
-    _synth(data, plan.people, plan.seed, console)
+    _synth(data, plan.people, plan.seed, plan.train_views, console)
     manifest.record_data("benchmark", benchmark_digest(data))
     lap("synth")
     source = _original(data, model_dir, plan.finetune_config(), plan.shipped_original, console)

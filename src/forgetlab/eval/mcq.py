@@ -79,6 +79,7 @@ def _fingerprint(processor) -> str:
 
 _FINGERPRINTS: dict[int, tuple[object, str]] = {}
 _PLANS: dict[tuple, dict[str, int] | None] = {}
+_MAX_PLANS = 200_000
 #: encoded prompts (and prompt + option sequences) by processor fingerprint, text and image content:
 #: every model of a sweep is asked the same questions, and encoding is a third of an evaluation
 _ENCODED: dict[tuple, Encoded] = {}
@@ -95,7 +96,6 @@ def _encoded(processor, sample: Sample, answer: str | None = None) -> Encoded:
             _ENCODED.clear()
         _ENCODED[key] = encode_prompt(processor, sample) if answer is None else encode(processor, sample, answer=answer)
     return _ENCODED[key]
-_MAX_PLANS = 200_000
 
 
 def option_tokens(processor, sample: Sample) -> dict[str, int] | None:
