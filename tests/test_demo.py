@@ -142,7 +142,8 @@ def resumed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, list[
     moments = (
         lambda r: "synth" in _stages(r) and "finetune" not in _stages(r),
         lambda r: (r / "models" / "ga@0.001" / "unlearn.json").exists() and "unlearn" not in _stages(r),
-        lambda r: any((r / "verify").glob("*/relearn")) and "verify" not in _stages(r),
+        # models are verified while others still unlearn; this kill comes after the last unlearning
+        lambda r: any((r / "verify").glob("*/relearn")) and "unlearn" in _stages(r) and "verify" not in _stages(r),
     )
     seen = []
     for moment in moments:

@@ -41,7 +41,7 @@ from forgetlab.report.html import (
     verdict_table,
 )
 from forgetlab.report.plots import depth_plot, relearning_plot, tradeoff_plot
-from forgetlab.sweep import DEMO_SWEEP, MethodSweep, sweep_method, with_choice
+from forgetlab.sweep import DEMO_SWEEP, ROWS, MethodSweep, sweep_method, with_choice
 from forgetlab.train.finetune import SHIPPED_ORIGINAL, FinetuneConfig, finetune, trained_as
 from forgetlab.verify.assess import AssessSettings, assess, membership
 from forgetlab.verify.regimes import REGIMES, Regime, run_regime
@@ -218,6 +218,17 @@ def memo(path: Path, key: dict, compute: Callable[[], Any]) -> Any:
 VERIFY_KEYS: tuple[str, ...] = ("relearn", "mia", "probe", "verdict", "verdict_rule")
 
 
+def evaluate_original(out: Path, data: Path, model_dir: Path) -> dict:
+    """The original model on every evaluation set, generation metrics included (memoised): ``{metrics, rows}``."""
+
+    def compute() -> dict:
+        model, processor = load(model_dir)
+        result = evaluate(model, processor, data, EvalConfig(forget_ratio=FORGET_RATIO))
+        return {"metrics": result.metrics, "rows": result.rows}
+
+    return memo(out / "cache" / "original_eval.json", model_key(model_dir), compute)
+
+
 def verify_baseline(out: Path, data: Path, original: Path, settings: AssessSettings) -> dict:
     """The original's accuracy on the relearned / held-out halves and its MIA AUCs (memoised): the
     baselines of every model's recovery, and the AUCs an unlearned model should move towards 0.5."""
@@ -238,7 +249,15 @@ def verify_baseline(out: Path, data: Path, original: Path, settings: AssessSetti
 def verify_model(out: Path, data: Path, original: Path, name: str, path: Path, settings: AssessSettings,
                  baseline: dict) -> dict:  # fmt: skip
     """:func:`~forgetlab.verify.assess.assess` of one model (relearning, MIA, probes, verdict), cached;
-    the MIA sets are read only when the model is not assessed yet."""
+    the MIA sets are read only when the model is not assessed yet. A sweep run's saved answers stand in
+    for the unlearned model's evaluation in the relearning attack."""
+    from forgetlab.verify.relearn import halves_from
+
+    unlearned = None
+    if (path / ROWS).exists() and (path / "eval.json").exists():
+        rows = [json.loads(line) for line in (path / ROWS).read_text().splitlines()]
+        people = baseline["halves"]["people"]
+        unlearned = halves_from(rows, json.loads((path / "eval.json").read_text()), people)
     return assess(
         original,
         path,
@@ -247,6 +266,7 @@ def verify_model(out: Path, data: Path, original: Path, name: str, path: Path, s
         out / "verify" / name,
         settings=settings,
         original_metrics=baseline["halves"],
+        unlearned_metrics=unlearned,
         cache_dir=out / "verify" / "features",
     )
 
@@ -301,58 +321,67 @@ def run_demo(out: Path, plan: DemoPlan | None = None, console: Console | None = 
     lap("finetune", original=source)
 
     eval_sets = load_eval_sets(data, FORGET_RATIO)
-
-    def evaluate_original() -> dict:
-        console.print("evaluating the original model ...")
-        model, processor = load(model_dir)
-        result = evaluate(model, processor, data, EvalConfig(forget_ratio=FORGET_RATIO), eval_sets=eval_sets)
-        return {"metrics": result.metrics, "rows": result.rows}
-
-    original = memo(out / "cache" / "original_eval.json", model_key(model_dir), evaluate_original)
-    write_jsonl(out / "answers" / "original.jsonl", original["rows"])
-    models: dict[str, dict] = {"original": original["metrics"] | {"method": "original", "lr": None}}
-    lap("evaluate original")
-    runs: dict[str, dict] = {}
-    regimes: dict[str, dict] = {}
     mcq_sets = {k: [s for s in v if s.task == "classification"] for k, v in eval_sets.items()}
     verify = plan.verify and plan.methods
     extra = {"log_with": plan.log_with} if plan.log_with != "none" else None
     workers = plan.workers or default_workers()
-    with worker_pool(workers) as pool:
-        if plan.methods:
-            # independent jobs side by side: each method's sweep, each regime, the original's baselines
-            sweep_job = partial(sweep_method, extra=extra)
-            jobs: dict[str, tuple] = {
-                sw.method: (sweep_job, (sw, model_dir, data, out / "models", FORGET_RATIO, mcq_sets))
-                for sw in sorted(plan.sweep, key=lambda sw: sw.method != "mmunlearner")  # the longest first
-            }
-            if verify:
-                jobs |= {r.name: (regime_row, (out, data, model_dir, r, mcq_sets)) for r in plan.regimes}
-                jobs["baseline"] = (verify_baseline, (out, data, model_dir, plan.assess))
-            with progress_bar(f"unlearning ({workers} workers)", console) as update:
-                done = run_jobs(pool, jobs, update)
-            for sw in plan.sweep:
-                runs |= with_choice(done[sw.method])
-            models |= runs
-            regimes = {r.name: done[r.name] for r in plan.regimes} if verify else {}
+    # one job graph on the workers: the original's evaluation, each method's sweep, each regime and the
+    # original's verification baselines side by side; a method's chosen model (a regime's model) is
+    # verified as soon as it and the baselines exist, so no worker waits for a phase's longest job
+    jobs: dict[str, tuple] = {"original": (evaluate_original, (out, data, model_dir))}
+    if plan.methods:
+        sweep_job = partial(sweep_method, extra=extra)
+        for sw in sorted(plan.sweep, key=lambda sw: sw.method != "mmunlearner"):  # the longest first
+            jobs[sw.method] = (sweep_job, (sw, model_dir, data, out / "models", FORGET_RATIO, mcq_sets))
+    if verify:
+        jobs |= {r.name: (regime_row, (out, data, model_dir, r, mcq_sets)) for r in plan.regimes}
+        jobs["baseline"] = (verify_baseline, (out, data, model_dir, plan.assess))
+    sweep_names = {sw.method for sw in plan.sweep}
+    regime_names = {r.name for r in plan.regimes} if verify else set()
+    unlearning = set(jobs) - {"original", "baseline"}
+    to_verify: dict[str, Path] = {}  # chosen models waiting for the baselines
+    finished: dict[str, Any] = {}
+
+    def then(name: str, result: Any) -> dict[str, tuple]:
+        finished[name] = result
+        if name == "original":
+            lap("evaluate original")
+        unlearning.discard(name)
+        if name in sweep_names | regime_names and not unlearning:
             lap("unlearn")
-        if verify:
-            baseline = done["baseline"]
-            targets = {k: out / "models" / k for k, m in runs.items() if m.get("chosen")}
-            targets |= {k: Path(m["path"]) for k, m in regimes.items()}
-            # the report draws every model's curves itself; only the regimes' Fisher histograms come from PNGs
-            settings = {name: replace(plan.assess, probe_plots=name in regimes) for name in targets}
-            jobs = {
-                name: (verify_model, (out, data, model_dir, name, path, settings[name], baseline))
-                for name, path in targets.items()
-            }
-            with progress_bar("verifying (relearn, MIA, probes)", console) as update:
-                verified = run_jobs(pool, jobs, update)
-            models["original"]["mia"] = baseline["mia"]
-            for name, v in verified.items():
-                row = models[name] if name in models else regimes[name]
-                row |= {k: v[k] for k in VERIFY_KEYS} | {"evidence": v["evidence"]}
-            lap("verify")
+        if name in regime_names:
+            to_verify[name] = Path(result["path"])
+        elif name in sweep_names and verify:
+            to_verify.update({k: out / "models" / k for k, m in with_choice(result).items() if m["chosen"]})
+        if "baseline" not in finished:
+            return {}
+        # the report draws every model's curves itself; only the regimes' Fisher histograms come from PNGs
+        ready = {
+            f"verify {k}": (verify_model, (out, data, model_dir, k, path,
+                                           replace(plan.assess, probe_plots=k in regime_names), finished["baseline"]))
+            for k, path in to_verify.items()
+        }  # fmt: skip
+        to_verify.clear()
+        return ready
+
+    title = "unlearning and verifying" if verify else "unlearning" if plan.methods else "evaluating"
+    with worker_pool(workers) as pool, progress_bar(f"{title} ({workers} workers)", console) as update:
+        done = run_jobs(pool, jobs, update, then)
+    original = done["original"]
+    write_jsonl(out / "answers" / "original.jsonl", original["rows"])
+    models: dict[str, dict] = {"original": original["metrics"] | {"method": "original", "lr": None}}
+    runs: dict[str, dict] = {}
+    for sw in plan.sweep if plan.methods else ():
+        runs |= with_choice(done[sw.method])
+    models |= runs
+    regimes = {r.name: done[r.name] for r in plan.regimes} if verify else {}
+    if verify:
+        models["original"]["mia"] = done["baseline"]["mia"]
+        for name in (k.removeprefix("verify ") for k in done if k.startswith("verify ")):
+            v = done[f"verify {name}"]
+            row = models[name] if name in models else regimes[name]
+            row |= {k: v[k] for k in VERIFY_KEYS} | {"evidence": v["evidence"]}
+        lap("verify")
     metrics = {
         "benchmark": str(data),
         "forget_ratio": FORGET_RATIO,

@@ -19,8 +19,9 @@ import signal
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from typing import Any
 
@@ -72,39 +73,76 @@ def worker_pool(workers: int) -> Iterator[Executor | None]:
         yield pool
 
 
+Job = tuple[Callable[..., Any], tuple]
+
+
+def _note(exc: BaseException, note: str) -> None:
+    """``exc.add_note(note)`` where Python has it (3.11+)."""
+    if hasattr(exc, "add_note"):
+        exc.add_note(note)
+
+
 def run_jobs(
     pool: Executor | None,
-    jobs: dict[str, tuple[Callable[..., Any], tuple]],
+    jobs: dict[str, Job],
     progress: Callable[[str, int, int], None] | None = None,
+    then: Callable[[str, Any], dict[str, Job]] | None = None,
 ) -> dict[str, Any]:
-    """Run ``{name: (function, args)}`` on ``pool`` (inline when ``None``); results in ``jobs``' order.
+    """Run ``{name: (function, args)}`` on ``pool`` (inline when ``None``); results in submission order.
 
-    A job's exception is raised here, named, once the jobs already running have finished.
+    ``then(name, result)`` is called here as each job finishes and returns more jobs to run (new
+    names). That is how a job needing another's result starts as soon as it can — a model is
+    verified once its sweep has chosen it — instead of after a whole phase, which would leave a
+    worker idle while the phase's longest job finishes.
+
+    A job's exception is raised here, as itself (so callers handle it as they would inline) with a note
+    naming the job, once the jobs already running have finished.
     """
     results: dict[str, Any] = {}
-    total = len(jobs)
+    order = list(jobs)
+
+    def follow(name: str) -> dict[str, Job]:
+        new = then(name, results[name]) if then else {}
+        clash = sorted(set(new) & set(order))
+        if clash:
+            raise ValueError(f"job names already used: {clash}")
+        order.extend(new)
+        return new
+
     if pool is None:
         threads = torch.get_num_threads()
         torch.set_num_threads(JOB_THREADS)
         try:
-            for k, (name, (fn, args)) in enumerate(jobs.items()):
+            queue = deque(jobs.items())
+            while queue:
+                name, (fn, args) = queue.popleft()
                 if progress:
-                    progress(name, k, total)
-                results[name] = fn(*args)
+                    progress(name, len(results), len(order))
+                try:
+                    results[name] = fn(*args)
+                except Exception as exc:
+                    _note(exc, f"in job {name!r}")
+                    raise
+                queue.extend(follow(name).items())
         finally:
             torch.set_num_threads(threads)
     else:
-        futures: dict[Future, str] = {pool.submit(fn, *args): name for name, (fn, args) in jobs.items()}
-        for k, future in enumerate(as_completed(futures)):
-            name = futures[future]
-            try:
-                results[name] = future.result()
-            except Exception as exc:
-                for other in futures:
-                    other.cancel()
-                raise RuntimeError(f"job {name!r} failed: {exc}") from exc
-            if progress:
-                progress(name, k + 1, total)
+        running: dict[Future, str] = {pool.submit(fn, *args): name for name, (fn, args) in jobs.items()}
+        while running:
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                name = running.pop(future)
+                try:
+                    results[name] = future.result()
+                    more = follow(name)
+                except Exception as exc:
+                    for other in running:
+                        other.cancel()
+                    _note(exc, f"in job {name!r}")
+                    raise
+                if progress:
+                    progress(name, len(results), len(order))
+                running |= {pool.submit(fn, *args): n for n, (fn, args) in more.items()}
     if progress:
-        progress("done", total, total)
-    return {name: results[name] for name in jobs}
+        progress("done", len(order), len(order))
+    return {name: results[name] for name in order}

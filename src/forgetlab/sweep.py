@@ -53,6 +53,12 @@ DEMO_SWEEP: tuple[MethodSweep, ...] = (
 )
 
 
+#: each run's answers on the forget and test sets, beside its ``eval.json``: the relearning attack
+#: reads the unlearned model's accuracy per half of the forget people from them instead of re-evaluating
+ROWS = "eval_rows.jsonl"
+ROW_KEYS: tuple[str, ...] = ("set", "id", "modality", "task", "question", "correct", "predicted", "hit")
+
+
 def run_name(sweep: MethodSweep, lr: float) -> str:
     return f"{sweep.method}@{lr:g}"
 
@@ -99,7 +105,7 @@ def sweep_method(
     the same finished unlearning and its ``eval.json`` is reused (resumable). A mask
     (MMUnlearner, SalUn) does not depend on the LR: it is computed once, by the first run.
     """
-    from forgetlab.io import write_json
+    from forgetlab.io import write_json, write_jsonl
 
     per_method: dict[str, dict] = {}
     shared_mask: Path | None = None
@@ -115,12 +121,13 @@ def sweep_method(
             continue
         info = unlearn(original, data, out, cfg, progress=progress)
         model, processor = load(out)
-        metrics = evaluate(
+        result = evaluate(
             model, processor, data, EvalConfig(forget_ratio=forget_ratio, generation=False), eval_sets=eval_sets
-        ).metrics
+        )
         train_s = info["timings"].get("train_s")
-        metrics |= {"method": sw.method, "lr": lr, "span": cfg.span, "train_seconds": train_s}
-        write_json(cached, metrics)
+        metrics = result.metrics | {"method": sw.method, "lr": lr, "span": cfg.span, "train_seconds": train_s}
+        write_jsonl(out / ROWS, [{k: r[k] for k in ROW_KEYS} for r in result.rows if r["set"] in ("forget", "test")])
+        write_json(cached, metrics)  # last: marks the run finished
         per_method[name] = metrics
         shared_mask = shared_mask or _mask_of(out)
     return per_method

@@ -95,23 +95,27 @@ def test_encodings_are_reused_across_models_and_keyed_by_image_content(bench_tex
 
     from PIL import Image
 
+    from forgetlab.data import collate as encoding
     from forgetlab.eval import mcq
+    from forgetlab.probe.capture import encode_probe
 
     model, processor = build_tiny_model("llava", bench_texts, image_size=32, seed=1)
     other, processor2 = build_tiny_model("llava", bench_texts, image_size=32, seed=2)  # an equal processor copy
     model.eval()
     other.eval()
-    mcq._ENCODED.clear()
+    encoding._ENCODED.clear()
     first = score_options(model, processor, mcq_samples, batch_size=4)
-    cached = len(mcq._ENCODED)
+    cached = len(encoding._ENCODED)
     assert cached >= len(mcq_samples)
     again = score_options(model, processor2, mcq_samples, batch_size=4)
-    assert len(mcq._ENCODED) == cached  # nothing encoded again
+    assert len(encoding._ENCODED) == cached  # nothing encoded again
     assert [c.scores for c in again] == [c.scores for c in first]
-    mcq._ENCODED.clear()
+    encoding._ENCODED.clear()
     fresh = score_options(other, processor2, mcq_samples, batch_size=4)
     assert [c.scores for c in score_options(other, processor, mcq_samples, batch_size=4)] == [c.scores for c in fresh]
     with_image = next(s for s in mcq_samples if s.image is not None)
     flipped = replace(with_image, image=with_image.image.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
     a, b = (mcq._encoded(processor, s) for s in (with_image, flipped))  # same question, another image
     assert a is not b and not torch.equal(a.pixel_values, b.pixel_values)
+    # membership inference and probes encode question + answer through the same memo
+    assert encode_probe(processor, [with_image])[0] is encode_probe(processor2, [with_image])[0]

@@ -59,3 +59,20 @@ def test_command_reports_bad_options_in_one_line(tiny_model, bench, tmp_path) ->
     result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "o"), "--source", "nope"])
     assert result.exit_code == 2
     assert "error: unknown source 'nope'; choose one of ['forget', 'retain', 'unrelated']" in result.output
+
+
+def test_halves_from_a_whole_evaluation_equal_evaluate_halves(tiny_model, bench) -> None:
+    """The demo reads the unlearned model's halves from its sweep evaluation (MCQ sets of every split):
+    the same numbers as evaluating the halves directly."""
+    from forgetlab.data.mllmu import split_ids
+    from forgetlab.eval.runner import EvalConfig, evaluate, load_eval_sets
+    from forgetlab.verify.relearn import evaluate_halves, halves_from, split_people
+
+    model, processor = load(tiny_model)
+    people = split_people(split_ids(bench, "forget_10"), 0.5, 0)
+    direct = evaluate_halves(model, processor, bench, 10, people)
+    sets = {k: [s for s in v if s.task == "classification"] for k, v in load_eval_sets(bench, 10).items()}
+    result = evaluate(model, processor, bench, EvalConfig(forget_ratio=10, generation=False), eval_sets=sets)
+    forget_and_test = [r for r in result.rows if r["set"] in ("forget", "test")]
+    assert halves_from(forget_and_test, result.metrics, people) == direct
+    assert direct["relearned_people"]["forget_vqa_n"] == 5 and direct["retain"]["retain_vqa_n"] > 0

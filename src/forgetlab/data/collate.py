@@ -12,6 +12,7 @@ MCQ options) and which tokens carry the loss:
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -185,6 +186,53 @@ def encode_prompt(processor: ProcessorMixin, sample: Sample, *, with_options: bo
         prompt_len=len(ids),
         token_extras=_token_extras(enc),
     )
+
+
+def processor_fingerprint(processor: ProcessorMixin) -> str:
+    """Identity of a processor's encoding (vocabulary, chat template, image settings), shared by equal copies.
+
+    Every model folder of a run holds its own copy of the same processor; keying encodings by this
+    fingerprint lets all of them share one encoding per question.
+    """
+    tok = getattr(processor, "tokenizer", processor)
+    key = id(tok)
+    if key not in _FINGERPRINTS or _FINGERPRINTS[key][0] is not tok:
+        backend = getattr(tok, "backend_tokenizer", None)
+        text = backend.to_str() if backend is not None else repr(sorted(tok.get_vocab().items()))
+        template = getattr(processor, "chat_template", None) or getattr(tok, "chat_template", None) or ""
+        images = getattr(processor, "image_processor", None)
+        pixels = images.to_json_string() if images is not None else ""
+        digest = hashlib.sha256((text + "\0" + str(template) + "\0" + pixels).encode()).hexdigest()
+        _FINGERPRINTS[key] = (tok, digest)
+    return _FINGERPRINTS[key][1]
+
+
+_FINGERPRINTS: dict[int, tuple[object, str]] = {}
+_ENCODED: dict[tuple, Encoded] = {}
+_MAX_ENCODED = 20_000
+
+
+def encode_cached(
+    processor: ProcessorMixin, sample: Sample, answer: str | None = None, *, span: Span = "answer",
+    prompt_only: bool = False,
+) -> Encoded:  # fmt: skip
+    """:func:`encode` (or, with ``prompt_only``, :func:`encode_prompt`), memoised in this process.
+
+    Keyed by :func:`processor_fingerprint`, question, answer, span and image content: evaluation,
+    membership inference and probes ask every model of a run the same questions. The result is
+    shared: read it, do not modify it (:func:`collate` copies).
+    """
+    image = sample.image
+    pixels = None if image is None else (image.mode, image.size, hashlib.blake2b(image.tobytes()).digest())
+    answer = None if prompt_only else (sample.answer if answer is None else answer)
+    key = (processor_fingerprint(processor), sample.question, answer, span, prompt_only, pixels)
+    if key not in _ENCODED:
+        if len(_ENCODED) >= _MAX_ENCODED:
+            _ENCODED.clear()
+        _ENCODED[key] = (
+            encode_prompt(processor, sample) if prompt_only else encode(processor, sample, answer, span=span)
+        )
+    return _ENCODED[key]
 
 
 def collate(examples: Sequence[Encoded], pad_id: int, *, left_pad: bool = False) -> dict[str, torch.Tensor]:

@@ -10,14 +10,13 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
 
-from forgetlab.data.collate import Encoded, collate, encode, encode_prompt
+from forgetlab.data.collate import Encoded, collate, encode, encode_cached, encode_prompt, processor_fingerprint
 from forgetlab.data.schema import Sample
 from forgetlab.eval.textmetrics import parse_choice
 
@@ -58,44 +57,14 @@ def _answer_suffix_len(processor, sample: Sample) -> int:
     return len(e.input_ids) - e.prompt_len
 
 
-def _fingerprint(processor) -> str:
-    """Identity of a processor's text side (vocabulary + chat template), shared by equal copies.
-
-    Every model folder of a run holds its own copy of the same tokenizer; keying the option
-    plans by this fingerprint lets all of them share one plan per question.
-    """
-    tok = getattr(processor, "tokenizer", processor)
-    key = id(tok)
-    if key not in _FINGERPRINTS or _FINGERPRINTS[key][0] is not tok:
-        backend = getattr(tok, "backend_tokenizer", None)
-        text = backend.to_str() if backend is not None else repr(sorted(tok.get_vocab().items()))
-        template = getattr(processor, "chat_template", None) or getattr(tok, "chat_template", None) or ""
-        images = getattr(processor, "image_processor", None)
-        pixels = images.to_json_string() if images is not None else ""
-        digest = hashlib.sha256((text + "\0" + str(template) + "\0" + pixels).encode()).hexdigest()
-        _FINGERPRINTS[key] = (tok, digest)
-    return _FINGERPRINTS[key][1]
-
-
-_FINGERPRINTS: dict[int, tuple[object, str]] = {}
 _PLANS: dict[tuple, dict[str, int] | None] = {}
 _MAX_PLANS = 200_000
-#: encoded prompts (and prompt + option sequences) by processor fingerprint, text and image content:
-#: every model of a sweep is asked the same questions, and encoding is a third of an evaluation
-_ENCODED: dict[tuple, Encoded] = {}
-_MAX_ENCODED = 50_000
 
 
 def _encoded(processor, sample: Sample, answer: str | None = None) -> Encoded:
-    """``encode_prompt(processor, sample)`` (or ``encode(..., answer=answer)``), memoised."""
-    image = sample.image
-    pixels = None if image is None else (image.mode, image.size, hashlib.blake2b(image.tobytes()).digest())
-    key = (_fingerprint(processor), sample.question, answer, pixels)
-    if key not in _ENCODED:
-        if len(_ENCODED) >= _MAX_ENCODED:
-            _ENCODED.clear()
-        _ENCODED[key] = encode_prompt(processor, sample) if answer is None else encode(processor, sample, answer=answer)
-    return _ENCODED[key]
+    """The prompt (``answer=None``) or prompt + ``answer`` of ``sample``, memoised (every model of a
+    sweep is asked the same questions, and encoding is a third of an evaluation)."""
+    return encode_cached(processor, sample, answer, prompt_only=answer is None)
 
 
 def option_tokens(processor, sample: Sample) -> dict[str, int] | None:
@@ -106,7 +75,7 @@ def option_tokens(processor, sample: Sample) -> dict[str, int] | None:
     question: the plan is the same for every model evaluated with that tokenizer.
     """
     assert sample.options is not None
-    key = (_fingerprint(processor), sample.question, tuple(sample.options.items()))
+    key = (processor_fingerprint(processor), sample.question, tuple(sample.options.items()))
     if key in _PLANS:
         return _PLANS[key]
     text_only = replace(sample, image=None)

@@ -58,7 +58,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from forgetlab.data.collate import IGNORE, Encoded, collate, encode, image_token_ids
+from forgetlab.data.collate import IGNORE, Encoded, collate, encode_cached, image_token_ids
 from forgetlab.data.schema import Sample
 from forgetlab.io import atomic_path
 from forgetlab.models.groups import _LANGUAGE, _PROJECTOR, _VISION, _find
@@ -225,7 +225,7 @@ def encode_probe(processor, items: Sequence[Sample | str]) -> list[Encoded]:
         elif getattr(tok, "chat_template", None) is None and not multimodal:
             out.append(_plain_encode(tok, item))
         else:
-            out.append(encode(processor, item, span="answer"))
+            out.append(encode_cached(processor, item, span="answer"))  # the same items for every model
     return out
 
 

@@ -97,6 +97,7 @@ def assess(
     *,
     settings: AssessSettings | None = None,
     original_metrics: Mapping[str, Any] | None = None,
+    unlearned_metrics: Mapping[str, Any] | None = None,
     mia_sets: tuple[Sequence[Sample], Sequence[Sample]] | None = None,
     cache_dir: Path | None = None,
     progress: Callable[[str, int, int], None] | None = None,
@@ -111,6 +112,8 @@ def assess(
         settings: relearning and probe settings (defaults: :class:`AssessSettings`).
         original_metrics: the original's :func:`~forgetlab.verify.relearn.evaluate_halves` result on
             the same halves, to evaluate it once for all models.
+        unlearned_metrics: the same for ``model`` (e.g. from its sweep evaluation,
+            :func:`~forgetlab.verify.relearn.halves_from`), to skip its evaluation.
         mia_sets: (members, non-members); default :func:`~forgetlab.eval.mia_runner.benchmark_mia_sets`.
         cache_dir: probe feature cache shared by every call (the original's features computed once).
         progress: ``(stage, done, total)`` callback of the relearning loop.
@@ -142,6 +145,7 @@ def assess(
             out / "relearn",
             original=original,
             original_metrics=original_metrics,
+            unlearned_metrics=unlearned_metrics,
             fraction=settings.relearn_fraction,
             lr=settings.relearn_lr,
             epochs=settings.relearn_epochs,

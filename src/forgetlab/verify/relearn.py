@@ -229,11 +229,19 @@ def evaluate_halves(
 
     sets = dict(eval_sets) if eval_sets is not None else load_eval_sets(Path(data), forget_ratio, EVAL_SETS)
     result = evaluate(model, processor, data, EvalConfig(forget_ratio=forget_ratio, generation=False), eval_sets=sets)
+    return halves_from(result.rows, result.metrics, people)
+
+
+def halves_from(
+    rows: Sequence[Mapping[str, Any]], metrics: Mapping[str, Any], people: Mapping[str, Sequence[str]]
+) -> Metrics:
+    """:func:`evaluate_halves`'s result from an evaluation already made on the ``forget``, ``test`` and
+    ``retain`` sets (its rows of the first two, its metrics): a sweep's evaluation of the unlearned model."""
     out: Metrics = {"people": {h: list(people[h]) for h in HALVES}}
     for half in HALVES:
-        out[half] = subset_metrics(result.rows, people[half])
-    out["retain"] = {k: result.metrics.get(k) for k in RETAIN_METRICS} | {
-        k.removesuffix("_acc") + "_n": result.metrics.get(k.removesuffix("_acc") + "_n") for k in RETAIN_METRICS
+        out[half] = subset_metrics(rows, people[half])
+    out["retain"] = {k: metrics.get(k) for k in RETAIN_METRICS} | {
+        k.removesuffix("_acc") + "_n": metrics.get(k.removesuffix("_acc") + "_n") for k in RETAIN_METRICS
     }
     return out
 
