@@ -7,6 +7,11 @@ STAMP := $(VENV)/.forgetlab-installed
 # machine's disk; letting pip resolve a bare `torch` would pull a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
 UV := $(VENV)/bin/uv
+# uv installs without compiling bytecode, and this kind of machine sets PYTHONDONTWRITEBYTECODE, so
+# every Python process compiled torch's and transformers' sources again (an import took 24 s instead
+# of 10 s; the demo's workers and the tests' subprocesses are many). The targets below let the first
+# import write the .pyc files (into .venv and the git-ignored __pycache__ folders).
+export PYTHONDONTWRITEBYTECODE :=
 
 .PHONY: setup demo test bench lint clean chromium original
 
