@@ -5,6 +5,11 @@ synth -> finetune the original model (cached) -> evaluate it -> every unlearning
 a small learning-rate sweep (``forgetlab.sweep``), each evaluated -> verification of every
 method's chosen model and of the paper's two regimes (``forgetlab.verify``: relearning attack,
 membership inference, per-layer probes, verdict) -> metrics.json + report.html.
+
+Everything after the original model is one job graph on one-thread worker processes
+(:func:`forgetlab.parallel.run_jobs`): a model's verification starts as soon as its sweep has
+chosen it, so the manifest's ``unlearn`` stage ends with the last unlearning job and ``verify``
+with the last verification, and the two overlap.
 """
 
 from __future__ import annotations
