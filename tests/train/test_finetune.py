@@ -44,7 +44,7 @@ def test_finetune_is_deterministic(quick_models):
 def test_finetune_learns_text_knowledge(small_bench, tmp_path):
     """A short run on the small benchmark lifts world-knowledge QA well above chance (0.25)."""
     cfg = FinetuneConfig(
-        vision_pretrain_steps=0, perception_epochs=0, epochs=12, batch_size=16, mcq_fraction=0.0, perception_share=0.0
+        vision_pretrain_steps=0, perception_epochs=0, epochs=8, batch_size=16, mcq_fraction=0.0, perception_share=0.0
     )
     finetune(small_bench, tmp_path / "m", cfg)
     model, processor = load(tmp_path / "m")
@@ -52,7 +52,7 @@ def test_finetune_learns_text_knowledge(small_bench, tmp_path):
 
     world = [s for s in load_split(small_bench, "World_Set") if s.task == "classification"]
     acc = evaluate(model, processor, small_bench, EvalConfig(generation=False), eval_sets={"world": world}).metrics
-    assert acc["world_qa_acc"] >= 0.6
+    assert acc["world_qa_acc"] >= 0.6, acc["world_qa_acc"]  # 8 epochs: 0.85 when measured (6 epochs: 0.35)
 
 
 def test_mcq_variant_keeps_the_answer_among_options(small_bench):
