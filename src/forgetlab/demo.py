@@ -47,7 +47,7 @@ from forgetlab.report.html import (
 )
 from forgetlab.report.plots import depth_plot, relearning_plot, tradeoff_plot
 from forgetlab.sweep import DEMO_SWEEP, ROWS, MethodSweep, sweep_method, with_choice
-from forgetlab.train.finetune import SHIPPED_ORIGINAL, FinetuneConfig, finetune, trained_as
+from forgetlab.train.finetune import SHIPPED_ORIGINAL, FinetuneConfig, finetune, load_summary, trained_as
 from forgetlab.verify.assess import AssessSettings, assess, membership
 from forgetlab.verify.regimes import REGIMES, Regime, run_regime
 
@@ -118,25 +118,27 @@ def _synth(data: Path, people: int, seed: int, train_views: int, console: Consol
     write_benchmark(data, people=people, seed=seed, train_views=train_views)
 
 
-def _original(data: Path, model_dir: Path, config: FinetuneConfig, shipped: bool, console: Console) -> str:
+def _original(
+    data: Path, model_dir: Path, config: FinetuneConfig, shipped: bool, console: Console, digest: str | None = None
+) -> str:
     """Make ``model_dir`` hold the original model; returns where it came from.
 
     Reused when already there (same config, recipe and data); else, with ``shipped``, copied from
     the model shipped with forgetlab (``SHIPPED_ORIGINAL``) when that one was trained the same way on
-    data with the same content hash; else trained here.
+    data with the same content hash; else trained here. ``digest``: the benchmark's
+    :func:`~forgetlab.data.synth.benchmark_digest` when the caller already has it.
     """
     from forgetlab.data.synth import benchmark_digest
     from forgetlab.io import atomic_dir
 
-    digest = benchmark_digest(data)
+    digest = digest or benchmark_digest(data)
     if trained_as(model_dir, config, digest):
         console.print(f"[dim]original model cached at {model_dir}[/]")
         return "cached"
     if shipped and trained_as(SHIPPED_ORIGINAL, config, digest):
         with atomic_dir(model_dir) as tmp:
-            for f in SHIPPED_ORIGINAL.iterdir():
-                shutil.copy2(f, tmp / f.name)
-        seconds = json.loads((model_dir / "finetune.json").read_text())["total_seconds"]
+            shutil.copytree(SHIPPED_ORIGINAL, tmp, dirs_exist_ok=True)
+        seconds = load_summary(model_dir)["total_seconds"]
         console.print(
             f"original model: the one shipped with forgetlab (same config and data; trained in {seconds:.0f} s); "
             "--retrain-original trains it here"
@@ -320,9 +322,10 @@ def run_demo(out: Path, plan: DemoPlan | None = None, console: Console | None = 
         clock = time.time()
 
     _synth(data, plan.people, plan.seed, plan.train_views, console)
-    manifest.record_data("benchmark", benchmark_digest(data))
+    digest = benchmark_digest(data)
+    manifest.record_data("benchmark", digest)
     lap("synth")
-    source = _original(data, model_dir, plan.finetune_config(), plan.shipped_original, console)
+    source = _original(data, model_dir, plan.finetune_config(), plan.shipped_original, console, digest)
     lap("finetune", original=source)
 
     eval_sets = load_eval_sets(data, FORGET_RATIO)
@@ -345,10 +348,11 @@ def run_demo(out: Path, plan: DemoPlan | None = None, console: Console | None = 
     regime_names = {r.name for r in plan.regimes} if verify else set()
     unlearning = set(jobs) - {"original", "baseline"}
     to_verify: dict[str, Path] = {}  # chosen models waiting for the baselines
-    finished: dict[str, Any] = {}
+    baseline: dict[str, Any] = {}  # the original's verification baselines, once computed
 
     def then(name: str, result: Any) -> dict[str, tuple]:
-        finished[name] = result
+        if name == "baseline":
+            baseline.update(result)
         if name == "original":
             lap("evaluate original")
         unlearning.discard(name)
@@ -358,12 +362,12 @@ def run_demo(out: Path, plan: DemoPlan | None = None, console: Console | None = 
             to_verify[name] = Path(result["path"])
         elif name in sweep_names and verify:
             to_verify.update({k: out / "models" / k for k, m in with_choice(result).items() if m["chosen"]})
-        if "baseline" not in finished:
+        if not baseline:
             return {}
         # the report draws every model's curves itself; only the regimes' Fisher histograms come from PNGs
         ready = {
             f"verify {k}": (verify_model, (out, data, model_dir, k, path,
-                                           replace(plan.assess, probe_plots=k in regime_names), finished["baseline"]))
+                                           replace(plan.assess, probe_plots=k in regime_names), baseline))
             for k, path in to_verify.items()
         }  # fmt: skip
         to_verify.clear()
