@@ -26,16 +26,18 @@ from torch import nn
 
 from forgetlab.data.collate import Encoded, collate
 from forgetlab.dist.shard import Shard
+from forgetlab.models.inputs import forward_kwargs, to_model
 
 Estimator = Literal["batch", "example"]
 ESTIMATORS: tuple[str, ...] = ("batch", "example")
 
 
 def answer_nll(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Token-mean NLL over the batch's supervised (label != -100) positions."""
+    """Token-mean NLL over the batch's supervised (label != -100) positions (the batch is moved to the
+    model's device)."""
+    batch = to_model(model, batch)
     labels = batch["labels"]
-    inputs = {k: v for k, v in batch.items() if k != "labels" and not k.startswith("_")}
-    logits = model(**inputs).logits[:, :-1].float()
+    logits = model(**forward_kwargs(model, batch), use_cache=False).logits[:, :-1].float()
     return nn.functional.cross_entropy(
         logits.reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1), ignore_index=-100
     )

@@ -71,10 +71,19 @@ def importance_ratio_mask(
 
 @dataclass
 class Mask:
-    """Bool tensors keyed by parameter name, plus string metadata saved alongside."""
+    """Bool tensors keyed by parameter name, plus string metadata saved alongside.
+
+    The tensors live on the CPU wherever the importance was computed (a mask built on a GPU is moved
+    here), as a loaded mask does: one byte per parameter stays off the accelerator, and a mask indexes
+    CPU copies of the weights alike whether it was built or loaded. The engine attaches a copy of each
+    on its parameter's device.
+    """
 
     tensors: dict[str, torch.Tensor]
     metadata: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.tensors = {n: t.detach().cpu() for n, t in self.tensors.items()}
 
     @property
     def selected(self) -> int:

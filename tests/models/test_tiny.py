@@ -74,3 +74,16 @@ def test_pickled_weights_are_refused(tmp_path):
     (tmp_path / "pytorch_model.bin").write_bytes(b"not really a pickle")
     with pytest.raises(ModelPathError, match="safetensors"):
         load(tmp_path)
+
+
+def test_to_model_moves_a_batch_to_the_models_dtype_and_device(bench_texts, train_samples):
+    from forgetlab.models.inputs import to_model
+
+    model, processor = build_tiny_model("llava", bench_texts, image_size=32, seed=0)
+    batch = collate([encode(processor, s) for s in train_samples], processor.tokenizer.pad_token_id)
+    moved = to_model(model.to(torch.bfloat16), batch | {"_meta": ["kept"]})
+    assert moved["pixel_values"].dtype == torch.bfloat16  # floating inputs take the model's dtype
+    assert moved["input_ids"].dtype == batch["input_ids"].dtype and torch.equal(moved["labels"], batch["labels"])
+    assert moved["_meta"] == ["kept"]
+    device = "cuda" if torch.cuda.is_available() else "meta"  # meta: a device other than the batch's
+    assert {t.device.type for t in to_model(model.to(device), batch).values()} == {device}

@@ -76,6 +76,19 @@ def test_example_estimator_is_the_mean_of_per_example_squared_gradients(setting)
     assert not torch.allclose(batch["lm_head.weight"], got["lm_head.weight"])  # they differ in general
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (bench/bench_gpu.py runs it on one)")
+def test_importance_of_a_gpu_model_matches_the_cpu(setting) -> None:
+    # the engine moves the model to its device before building the mask: the CPU-collated batches must follow
+    model, processor, examples = setting
+    pad = processor.tokenizer.pad_token_id
+    cpu = fisher_importance(model, examples, PARAMS, pad_id=pad, batch_size=3)
+    gpu = fisher_importance(model.cuda(), examples, PARAMS, pad_id=pad, batch_size=3)
+    model.cpu()
+    for n in PARAMS:
+        assert gpu[n].is_cuda
+        torch.testing.assert_close(gpu[n].cpu(), cpu[n], rtol=1e-3, atol=1e-10)
+
+
 def test_zero_preserve_importance_gives_no_nan_and_ranks_first() -> None:
     i_f = {"w": torch.tensor([0.0, 1.0, 2.0, 0.0, 3.0])}
     i_p = {"w": torch.tensor([0.0, 0.0, 1.0, 1.0, 6.0])}
@@ -230,9 +243,9 @@ def test_salun_uses_the_same_mask_machinery(words, tiny_bench) -> None:
     recipe.train()
     assert recipe.mask is not None and recipe.mask.metadata["kind"] == "saliency"
     assert recipe.mask.fraction == pytest.approx(0.1, abs=1e-3)
-    for n, p in model.named_parameters():
+    for n, p in snapshot(model).items():
         m = recipe.mask.tensors[n]
-        assert torch.equal(p.detach()[~m], start[n][~m]), n
+        assert torch.equal(p[~m], start[n][~m]), n
 
 
 def test_a_mask_for_an_unmasked_method_is_refused(words, tiny_bench) -> None:

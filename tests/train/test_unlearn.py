@@ -13,6 +13,7 @@ from forgetlab.data.pairing import Step, paired_retain, plan_steps
 from forgetlab.masks import Mask
 from forgetlab.methods._common import mean_nll
 from forgetlab.methods.ga import gradient_ascent_loss
+from forgetlab.models.inputs import to_model
 from forgetlab.models.load import load
 from forgetlab.train.unlearn import UnlearnConfig, UnlearnDiverged, UnlearnRecipe, unlearn
 
@@ -31,7 +32,7 @@ def forget_nll(model, processor, bench) -> float:
     forget, _ = splits(bench)
     batch = collate([encode(processor, s, span="full") for s in forget if s.modality == "vqa"], 0)
     with torch.no_grad():
-        return mean_nll(model, batch).item()
+        return mean_nll(model, to_model(model, batch)).item()
 
 
 def test_ga_raises_forget_nll_and_logs_every_step(words, tiny_bench) -> None:
@@ -143,6 +144,7 @@ def test_mask_is_applied_before_clipping(words, tiny_bench) -> None:
     recipe = UnlearnRecipe(config)
     forget, retain = splits(tiny_bench)
     recipe.setup(model, processor, forget, retain, mask=mask)
+    probe.to(model.lm_head.weight.device)  # where the engine put the model (a GPU where there is one)
     row = recipe.run_step(0, recipe.steps[0])
 
     batch = recipe._batch("forget", recipe.steps[0].forget)
@@ -189,12 +191,12 @@ def test_reference_model_is_a_frozen_copy_or_a_given_path(words, tiny_bench, sav
     recipe, model = run(words, tiny_bench, method="npo", max_steps=1, seed=0)
     start = small_llava(words)[0]
     ref = dict(recipe.ref_model.named_parameters())
-    assert all(torch.equal(p, ref[n]) and not ref[n].requires_grad for n, p in start.named_parameters())
+    assert all(torch.equal(p, ref[n].cpu()) and not ref[n].requires_grad for n, p in start.named_parameters())
     other, _ = small_llava(words, seed=5)
     recipe = UnlearnRecipe(UnlearnConfig(method="npo", method_args={"reference_model": str(saved_model)}))
     recipe.setup(other, small_llava(words)[1], *splits(tiny_bench))
     from_path = load(saved_model)[0]
-    assert torch.equal(recipe.ref_model.lm_head.weight, from_path.lm_head.weight)
+    assert torch.equal(recipe.ref_model.lm_head.weight.cpu(), from_path.lm_head.weight)
 
 
 def test_lora_trains_adapters_and_saves_a_merged_model(words, tiny_bench, saved_model, tmp_path) -> None:

@@ -62,5 +62,5 @@ def splits(root: Path, ratio: int = 10) -> tuple[list[Sample], list[Sample]]:
 
 
 def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """A detached copy of every parameter."""
-    return {n: p.detach().clone() for n, p in model.named_parameters()}
+    """A detached copy of every parameter, on the CPU (the engine may have moved the model to a GPU)."""
+    return {n: p.detach().cpu().clone() for n, p in model.named_parameters()}

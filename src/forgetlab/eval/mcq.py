@@ -19,6 +19,7 @@ import torch
 from forgetlab.data.collate import Encoded, collate, encode, encode_cached, encode_prompt, processor_fingerprint
 from forgetlab.data.schema import Sample
 from forgetlab.eval.textmetrics import parse_choice
+from forgetlab.models.inputs import to_model
 
 Protocol = Literal["loglik", "generate"]
 PROTOCOLS: tuple[str, ...] = ("loglik", "generate")
@@ -41,14 +42,6 @@ def _pad_id(processor) -> int:
 def _chunks(items: Sequence, size: int):
     for k in range(0, len(items), size):
         yield items[k : k + size]
-
-
-def _to_model(model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The batch on the model's device (a GPU model gets GPU inputs), floating inputs (pixels) in its dtype."""
-    param = next(model.parameters())
-    return {
-        k: v.to(param.device, param.dtype) if v.is_floating_point() else v.to(param.device) for k, v in batch.items()
-    }
 
 
 def _answer_suffix_len(processor, sample: Sample) -> int:
@@ -105,7 +98,7 @@ def _sequence_scores(model, examples: list[Encoded], spans: list[tuple[int, int]
     for idx in _chunks(by_length, bs):
         batch = collate([examples[i] for i in idx], pad_id)
         batch.pop("labels")
-        logprobs = torch.log_softmax(model(**_to_model(model, batch)).logits.float(), dim=-1)
+        logprobs = torch.log_softmax(model(**to_model(model, batch)).logits.float(), dim=-1)
         for row, i in enumerate(idx):
             start, end = spans[i]
             targets = examples[i].input_ids[start:end].to(logprobs.device)
@@ -140,7 +133,7 @@ def score_options(
         for chunk in _chunks(single, batch_size):
             batch = collate([p for _, p, _ in chunk], pad_id, left_pad=True)
             batch.pop("labels")
-            last = torch.log_softmax(model(**_to_model(model, batch)).logits[:, -1].float(), dim=-1)
+            last = torch.log_softmax(model(**to_model(model, batch)).logits[:, -1].float(), dim=-1)
             for row, (i, _, token_of) in enumerate(chunk):
                 scores = {k: last[row, t].item() for k, t in token_of.items()}
                 results[i] = Choice(max(scores, key=scores.get), scores)
@@ -182,7 +175,7 @@ def generate_answers(
         batch = collate(prompts, pad_id, left_pad=True)
         batch.pop("labels")
         out = model.generate(
-            **_to_model(model, batch), max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id
+            **to_model(model, batch), max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id
         )
         new = out[:, batch["input_ids"].shape[1] :]
         texts += [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]

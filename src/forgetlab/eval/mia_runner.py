@@ -34,7 +34,7 @@ from forgetlab.data.collate import IGNORE, collate
 from forgetlab.data.schema import FORGET_RATIOS, FT_SPLIT, HOLDOUT_SPLIT, Sample, forget_split
 from forgetlab.eval.mia import mia_auc, mia_scores, privleak
 from forgetlab.eval.mia import token_stats_from_logits as _token_stats
-from forgetlab.models.inputs import forward_kwargs
+from forgetlab.models.inputs import forward_kwargs, to_model
 from forgetlab.probe.capture import encode_probe, pad_token_id
 
 ATTACKS: tuple[str, ...] = ("loss", "zlib", "mink", "minkpp", "reference")
@@ -66,17 +66,13 @@ def answer_token_stats(
     examples = encode_probe(processor, samples)
     pad_id = pad_token_id(processor)
     device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
     was_training = model.training
     model.eval()
     out: list[TokenStats] = []
     try:
         for start in range(0, len(examples), batch_size):
             batch = collate(examples[start : start + batch_size], pad_id)
-            kwargs = {
-                k: (v.to(device, dtype) if k == "pixel_values" else v.to(device))
-                for k, v in forward_kwargs(model, batch).items()
-            }
+            kwargs = to_model(model, forward_kwargs(model, batch))
             logits = model(**kwargs, use_cache=False).logits[:, :-1]
             targets = batch["labels"][:, 1:].to(device)
             mask = targets != IGNORE

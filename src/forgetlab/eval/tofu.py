@@ -32,7 +32,7 @@ from forgetlab.data.schema import Sample
 from forgetlab.data.tofu import TruthRatioItem
 from forgetlab.eval.mcq import generate_answers
 from forgetlab.methods._common import logits_to_token_logprobs
-from forgetlab.models.inputs import forward_kwargs
+from forgetlab.models.inputs import forward_kwargs, to_model
 
 #: sets whose probability is normalised over the answer and its perturbed alternatives.
 NORMALISED_PROBABILITY = ("real_authors", "world_facts")
@@ -45,12 +45,11 @@ def answer_logprobs(
     """Mean token log-prob of each ``(question, answer)``'s answer tokens (see the module doc)."""
     tok = getattr(processor, "tokenizer", processor)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    device = next(model.parameters()).device
     out: list[float] = []
     for k in range(0, len(pairs), batch_size):
         chunk = pairs[k : k + batch_size]
         examples = [encode(processor, Sample(q, a, "qa", "generation", "", ""), span="answer") for q, a in chunk]
-        batch = {key: v.to(device) for key, v in collate(examples, pad_id).items()}
+        batch = to_model(model, collate(examples, pad_id))
         logits = model(**forward_kwargs(model, batch), use_cache=False).logits
         logprobs, mask = logits_to_token_logprobs(logits, batch)
         counts = mask.sum(dim=1).clamp(min=1)

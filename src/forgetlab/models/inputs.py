@@ -31,6 +31,18 @@ def mm_token_type_ids(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor
     return types
 
 
+def to_model(model: nn.Module, batch: Mapping[str, Any]) -> dict[str, Any]:
+    """``batch`` on the model's device (a GPU model gets GPU inputs), floating tensors (pixels) in the
+    model's dtype; non-tensor entries unchanged."""
+    param = next(model.parameters())
+    out: dict[str, Any] = {}
+    for k, v in batch.items():
+        if isinstance(v, torch.Tensor):
+            v = v.to(param.device, param.dtype) if v.is_floating_point() else v.to(param.device)
+        out[k] = v
+    return out
+
+
 def forward_kwargs(model: nn.Module, batch: Mapping[str, Any]) -> dict[str, Any]:
     """``batch`` without ``labels`` and ``_``-metadata, plus ``mm_token_type_ids`` when the
     batch carries ``image_grid_thw`` (Qwen2-VL family) and does not already hold them."""

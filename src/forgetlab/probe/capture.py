@@ -62,7 +62,7 @@ from forgetlab.data.collate import IGNORE, Encoded, collate, encode_cached, imag
 from forgetlab.data.schema import Sample
 from forgetlab.io import atomic_path
 from forgetlab.models.groups import _LANGUAGE, _PROJECTOR, _VISION, _find
-from forgetlab.models.inputs import forward_kwargs
+from forgetlab.models.inputs import forward_kwargs, to_model
 
 POOLINGS: tuple[str, ...] = ("mean", "mean_text", "last")
 FORMAT = "forgetlab.probe.features/1"
@@ -514,8 +514,6 @@ def _capture_pass(
     sites = layer_sites(model)
     bos_id, image_ids = _special_ids(processor)
     pad_id = pad_token_id(processor)
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
     extras = _forward_extras(model)
     chunks: dict[str, list[torch.Tensor]] = {s.name: [] for s in sites}
     rows: dict[str, list[torch.Tensor]] = {s.name: [] for s in sites}
@@ -534,8 +532,7 @@ def _capture_pass(
                 rec.grid = batch.get("image_grid_thw")
                 rec.n_images = int(with_image.sum())
                 rec.batch = {}
-                kwargs = forward_kwargs(model, batch)
-                kwargs = {k: (v.to(device, dtype) if k == "pixel_values" else v.to(device)) for k, v in kwargs.items()}
+                kwargs = to_model(model, forward_kwargs(model, batch))
                 model(**kwargs, **extras)
                 for s in sites:
                     if s.name not in rec.batch:

@@ -126,23 +126,8 @@ def fisher_diagonal(
     """Diagonal empirical Fisher of every parameter (fp32, on the model's device)."""
     if estimator not in ("example", "batch"):
         raise ValueError(f"unknown Fisher estimator {estimator!r}; choose 'example' or 'batch'")
-    from forgetlab.models.inputs import forward_kwargs
-
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
-
-    def loss_fn(m: nn.Module, batch: dict) -> torch.Tensor:
-        batch = {k: v.to(device, dtype) if k == "pixel_values" else v.to(device) for k, v in batch.items()}
-        labels = batch["labels"]
-        logits = m(**forward_kwargs(m, batch), use_cache=False).logits[:, :-1].float()
-        return nn.functional.cross_entropy(
-            logits.reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1), ignore_index=-100
-        )
-
     names = {n for n, _ in model.named_parameters()}
-    return fisher_importance(
-        model, examples, names, pad_id=pad_id, estimator=estimator, batch_size=batch_size, loss_fn=loss_fn
-    )
+    return fisher_importance(model, examples, names, pad_id=pad_id, estimator=estimator, batch_size=batch_size)
 
 
 def fisher_report(
