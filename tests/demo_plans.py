@@ -14,7 +14,9 @@ from forgetlab.verify.regimes import Regime
 TOY = DemoPlan(
     people=20,
     train_views=4,  # half the default: the toy run is about the pipeline, not the numbers
-    finetune=FinetuneConfig(epochs=1, perception_epochs=0, vision_pretrain_steps=5, warmup_steps=5, batch_size=16),
+    finetune=FinetuneConfig(
+        epochs=1, perception_epochs=0, pretrain_epochs=0, vision_pretrain_steps=5, warmup_steps=5, batch_size=16
+    ),
     sweep=(
         MethodSweep("ga", (1e-3,)),
         MethodSweep("mmunlearner", (1e-3,), {"pairing": "interleave", "retain_weight": 1.0}),

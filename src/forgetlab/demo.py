@@ -425,8 +425,9 @@ def _report(
         "Results (MCQ accuracy, log-likelihood protocol; each method at its chosen learning rate)",
         metrics_table(_with_verification(chosen), RESULT_COLUMNS, "original", shade=[k for k, _ in MAIN_COLUMNS])
         + "<p class='muted'>Chosen run per method: forget VQA &le; 0.40 keeping the most forget QA + retain "
-        "VQA + retain QA (else the lowest forget VQA). Green: within 0.05 of the original. Every method's loss "
-        "covers the whole sequence (the reference's span) except SimNPO's, defined on the answer tokens. "
+        "VQA + retain QA + real-world VQA + real-world QA (else the lowest forget VQA). Green: within 0.05 of the "
+        "original. Every method's loss covers the whole sequence (the reference's span) except SimNPO's, defined "
+        "on the answer tokens. "
         "MIA AUC: LOSS attack on forget-set VQA pairs vs never-trained people (0.5 = indistinguishable); "
         "recovery: share of the lost accuracy that relearning <em>other</em> forgotten people brings back on "
         "the held-out ones (details in the next sections).</p>",

@@ -45,10 +45,14 @@ DEMO_SWEEP: tuple[MethodSweep, ...] = (
     MethodSweep("rlabel", (1e-4, 3e-4)),
     MethodSweep("rmu", (1e-3, 3e-3), {"method_args": {"layer": 2}}),
     MethodSweep("salun", (1e-4, 3e-4)),
+    # the language-group mask (vision tower and projector frozen) kept more real-world VQA than the
+    # both-groups mask at the same LR in every comparison (shipped original at 1e-4: 0.87 vs 0.84, with
+    # forget VQA 0.34 vs 0.44; the previous originals: 0.92 vs 0.89, 0.71 vs 0.63). Measured on the shipped
+    # original: 7e-5 leaves forget VQA at 0.48; 1.5e-4 takes real-world VQA to 0.83
     MethodSweep(
         "mmunlearner",
-        (2e-4, 3e-4),  # 1e-4 left forget VQA above 0.40 (the choice's target) in every run so far
-        {"pairing": "interleave", "retain_weight": 1.0, "method_args": {"groups": "both"}},
+        (8.5e-5, 1e-4),
+        {"pairing": "interleave", "retain_weight": 1.0, "method_args": {"groups": "language"}},
     ),
 )
 
@@ -63,12 +67,17 @@ def run_name(sweep: MethodSweep, lr: float) -> str:
     return f"{sweep.method}@{lr:g}"
 
 
+#: what an unlearned model must keep (MLLMU-Bench's utility): the chosen run keeps most of their sum
+KEPT: tuple[str, ...] = ("forget_qa_acc", "retain_vqa_acc", "retain_qa_acc", "realworld_vqa_acc", "realworld_qa_acc")
+
+
 def choose(rows: dict[str, dict], target_forget_vqa: float = 0.40) -> str:
-    """A method's chosen run: among runs with forget VQA <= target, the one keeping most
-    (forget QA + retain VQA + retain QA); if none reaches the target, the lowest forget VQA."""
+    """A method's chosen run: among runs with forget VQA <= target, the one keeping most of
+    :data:`KEPT` (text knowledge of the forgotten people, the retained people, the real-world
+    people); if none reaches the target, the lowest forget VQA."""
 
     def kept(m: dict) -> float:
-        return sum(m.get(k) or 0.0 for k in ("forget_qa_acc", "retain_vqa_acc", "retain_qa_acc"))
+        return sum(m.get(k) or 0.0 for k in KEPT)
 
     hits = {k: m for k, m in rows.items() if (m.get("forget_vqa_acc") or 1.0) <= target_forget_vqa}
     if hits:

@@ -36,6 +36,15 @@ def test_choose_prefers_forgetting_then_kept_knowledge():
     }
     assert choose(rows) == "b"
     assert choose({"c": rows["c"], "d": {"forget_vqa_acc": 0.6}}) == "d"  # none forgets: lowest forget VQA
+    # real-world knowledge counts as kept too: 2 points more retain QA do not buy 7 points of real-world VQA
+    e = {"forget_vqa_acc": 0.40, "forget_qa_acc": 0.95, "retain_vqa_acc": 1.0, "retain_qa_acc": 0.99}
+    f = {"forget_vqa_acc": 0.32, "forget_qa_acc": 0.97, "retain_vqa_acc": 0.99, "retain_qa_acc": 0.99}
+    assert choose({"e": e, "f": f}) == "f"  # without real-world columns: the more kept text knowledge
+    both = {
+        "e": e | {"realworld_vqa_acc": 0.92, "realworld_qa_acc": 1.0},
+        "f": f | {"realworld_vqa_acc": 0.85, "realworld_qa_acc": 1.0},
+    }
+    assert choose(both) == "e"
 
 
 def test_tradeoff_plot_is_a_png():

@@ -52,7 +52,13 @@ IMPORTANCE = {"groups": "both", "batch_size": 4}
 #: knowledge injection: batches of 5 (parts of 2 and 3 examples, each run as length micro-batches),
 #: a few vision pre-training steps (batches of 32 split 16/16)
 FINETUNE = FinetuneConfig(
-    epochs=1, perception_epochs=1, batch_size=5, warmup_steps=2, vision_pretrain_steps=3, views_per_epoch=1
+    epochs=1,
+    perception_epochs=1,
+    pretrain_epochs=1,
+    batch_size=5,
+    warmup_steps=2,
+    vision_pretrain_steps=3,
+    views_per_epoch=1,
 )
 #: MCQ (log-likelihood) and generation on the forget and test sets, small batches: several per process
 EVAL = EvalConfig(sets=("forget", "test"), max_new_tokens=4, batch_size=4)

@@ -13,7 +13,7 @@ from forgetlab.eval.runner import EvalConfig, evaluate
 from forgetlab.models.load import load
 from forgetlab.train.finetune import FinetuneConfig, answer_pools, as_mcq, finetune
 
-QUICK = {"vision_pretrain_steps": 20, "perception_epochs": 0, "epochs": 1, "batch_size": 16}
+QUICK = {"vision_pretrain_steps": 20, "perception_epochs": 0, "pretrain_epochs": 0, "epochs": 1, "batch_size": 16}
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,13 @@ def test_finetune_is_deterministic(quick_models):
 def test_finetune_learns_text_knowledge(small_bench, tmp_path):
     """A short run on the small benchmark lifts world-knowledge QA well above chance (0.25)."""
     cfg = FinetuneConfig(
-        vision_pretrain_steps=0, perception_epochs=0, epochs=8, batch_size=16, mcq_fraction=0.0, perception_share=0.0
+        vision_pretrain_steps=0,
+        perception_epochs=0,
+        pretrain_epochs=0,
+        epochs=8,
+        batch_size=16,
+        mcq_fraction=0.0,
+        perception_share=0.0,
     )
     finetune(small_bench, tmp_path / "m", cfg)
     model, processor = load(tmp_path / "m")
@@ -53,6 +59,33 @@ def test_finetune_learns_text_knowledge(small_bench, tmp_path):
     world = [s for s in load_split(small_bench, "World_Set") if s.task == "classification"]
     acc = evaluate(model, processor, small_bench, EvalConfig(generation=False), eval_sets={"world": world}).metrics
     assert acc["world_qa_acc"] >= 0.6, acc["world_qa_acc"]  # 8 epochs: 0.85 when measured (6 epochs: 0.35)
+
+
+def test_pretrain_stage_shows_what_a_base_model_knows(small_bench, bench_texts):
+    """The pre-training stage holds every real-world person (Retain_Set) and world fact, some perception
+    keys, and no fictitious person; the full stage afterwards holds everyone."""
+    import random
+
+    from forgetlab.data.mllmu import load_training
+    from forgetlab.models.tiny import build_tiny_model
+    from forgetlab.train.finetune import EpochSampler, base_people
+
+    _, processor = build_tiny_model("llava", bench_texts, 32, 0)
+    samples = load_training(small_bench, "ft_Data")
+    celebs = base_people(small_bench)
+    assert len(celebs) == 4 and all(c.startswith("C") for c in celebs)  # the small bench's 4 celebrities
+    config = FinetuneConfig(mcq_fraction=0.0, mcq_text_fraction=0.0, perception_share=0.5)
+    sampler = EpochSampler(processor, samples, config, random.Random(0), celebs)
+    by_input = {tuple(e.input_ids.tolist()): s.person_id for s in samples for e in [sampler._encode(s, mcq=False)]}
+    people = [by_input[tuple(e.input_ids.tolist())] for e in sampler.epoch("pretrain")]
+    assert set(p for p in people if p.startswith("C")) == celebs
+    assert not any(p.startswith("P") for p in people)
+    assert {p for p in people if p.startswith("world")} == {
+        s.person_id for s in samples if s.person_id.startswith("world")
+    }
+    assert any(p.lower().startswith("perc") for p in people)
+    everyone = {by_input[tuple(e.input_ids.tolist())] for e in sampler.epoch("all")}
+    assert {p for p in everyone if p.startswith("P")} == {s.person_id for s in samples if s.person_id.startswith("P")}
 
 
 def test_mcq_variant_keeps_the_answer_among_options(small_bench):

@@ -3,8 +3,11 @@
 Recipe (see ``shared/NOTES-feasibility.md``): AdamW at 3e-4 with warm-up and clipping
 (1e-3 kills the vision pathway of a tiny LLaVA), a perception stage first (colours,
 shapes, generic face features) so the vision tower learns to see before it must
-recognise identities, then everything: attribute VQA, naming VQA, text QA about every
-person, perception and world knowledge. A share of each epoch's examples is shown in the
+recognise identities; then a pre-training stage on what a real base model knows before
+the benchmark's fine-tune (the real-world people of ``Retain_Set``, world knowledge,
+perception: MLLMU-Bench's celebrities come from LLaVA's pre-training, not from the
+fictitious fine-tune, and are held that strongly); then everything: attribute VQA, naming
+VQA, text QA about every person, perception and world knowledge. A share of each epoch's examples is shown in the
 reference MCQ format (options + "answer with the letter") with freshly drawn options, so
 that the generate-then-parse-letter protocol is meaningful on a tiny model too.
 """
@@ -33,6 +36,9 @@ from forgetlab.models.groups import module_groups
 from forgetlab.models.tiny import Arch, build_tiny_model, save_model
 from forgetlab.train.vision_pretrain import pretrain_vision
 
+#: MLLMU-Bench's real-world celebrities (the embedded benchmark's stand-ins for them)
+REALWORLD_SPLIT = "Retain_Set"
+
 #: version of the training procedure beyond its config (bumped when the same config trains differently);
 #: 2: each batch runs as micro-batches of similar length (same examples per step, less padding)
 RECIPE = 2
@@ -57,7 +63,13 @@ class FinetuneConfig(BaseModel):
     vision_pretrain_steps: int = Field(800, ge=0, description="steps of vision pre-training on generated images")
     vision_pretrain_lr: float = Field(1e-3, gt=0)
     perception_epochs: int = Field(1, description="epochs on perception data only, before everything")
-    epochs: int = Field(14, description="epochs over all training data")
+    pretrain_epochs: int = Field(
+        10,
+        ge=0,
+        description="epochs on what a base model knows before the benchmark's fine-tune (the real-world people of "
+        "Retain_Set, world knowledge, perception), after the perception stage and before everything",
+    )
+    epochs: int = Field(10, description="epochs over all training data")
     mcq_fraction: float = Field(0.15, ge=0, le=1, description="share of image keys also shown as an MCQ each epoch")
     mcq_text_fraction: float = Field(
         0.15, ge=0, le=1, description="share of text-only keys also shown as an MCQ (cheap: no image tokens)"
@@ -112,6 +124,15 @@ def is_perception(sample: Sample) -> bool:
     return sample.person_id.lower().startswith("perc")
 
 
+def base_people(root: Path) -> frozenset[str]:
+    """IDs of the real-world people (``Retain_Set``): knowledge a base model brings from its pre-training."""
+    return (
+        frozenset(s.person_id for s in load_split(root, REALWORLD_SPLIT))
+        if REALWORLD_SPLIT in available_splits(root)
+        else frozenset()
+    )
+
+
 def benchmark_texts(root: Path) -> list[str]:
     """All text of a benchmark folder: what the tiny model's vocabulary is trained on."""
     texts: list[str] = []
@@ -130,7 +151,8 @@ def benchmark_texts(root: Path) -> list[str]:
 
 
 class EpochSampler:
-    """Draws one epoch of encoded examples.
+    """Draws one epoch of encoded examples of a stage: ``"perception"`` (perception keys only),
+    ``"pretrain"`` (the people of ``base_ids``, world facts, a share of perception) or ``"all"``.
 
     Every (person, question) key is shown once per epoch with one of its image views
     drawn at random (the benchmark holds several renderings per person, like several
@@ -139,8 +161,16 @@ class EpochSampler:
     example is tokenised once.
     """
 
-    def __init__(self, processor, samples: list[Sample], config: FinetuneConfig, rng: random.Random) -> None:
+    def __init__(
+        self,
+        processor,
+        samples: list[Sample],
+        config: FinetuneConfig,
+        rng: random.Random,
+        base_ids: frozenset[str] = frozenset(),
+    ) -> None:
         self.processor, self.config, self.rng = processor, config, rng
+        self.base_ids = base_ids
         self.pools = answer_pools(samples)
         self.keys: dict[tuple[str, str], list[Sample]] = defaultdict(list)
         for s in samples:
@@ -162,18 +192,24 @@ class EpochSampler:
             perception = is_perception(variants[0])
             if stage == "perception" and not perception:
                 continue
-            if stage == "all" and perception and self.rng.random() >= self.config.perception_share:
+            if stage == "pretrain" and not (perception or self._base(variants[0])):
+                continue
+            if stage != "perception" and perception and self.rng.random() >= self.config.perception_share:
                 continue
             k = min(len(variants), self.config.views_per_epoch)
             for sample in self.rng.sample(variants, k):
                 out.append(self._encode(sample, mcq=False))
             share = self.config.mcq_fraction if variants[0].image is not None else self.config.mcq_text_fraction
-            if stage == "all" and self.rng.random() < share:
+            if stage != "perception" and self.rng.random() < share:
                 e = self._encode(self.rng.choice(variants), mcq=True)
                 if e is not None:
                     out.append(e)
         self.rng.shuffle(out)
         return out
+
+    def _base(self, sample: Sample) -> bool:
+        """Whether the sample belongs to the pre-training stage (a real-world person or a world fact)."""
+        return sample.person_id in self.base_ids or sample.person_id.lower().startswith("world")
 
     def batches(self, stage: str) -> list[list[Encoded]]:
         """One epoch cut into batches. With ``group_by_length`` the shuffled epoch is split into
@@ -196,7 +232,11 @@ class EpochSampler:
         perc = sum(1 for v in self.keys.values() if is_perception(v[0]))
         if stage == "perception":
             return perc
-        other = sum(min(len(v), self.config.views_per_epoch) for v in self.keys.values() if not is_perception(v[0]))
+        other = sum(
+            min(len(v), self.config.views_per_epoch)
+            for v in self.keys.values()
+            if not is_perception(v[0]) and (stage != "pretrain" or self._base(v[0]))
+        )
         return round((other + perc * self.config.perception_share) * (1 + self.config.mcq_fraction))
 
 
@@ -226,7 +266,9 @@ def finetune(
         raise ValueError(f"{data}: ft_Data holds no training pairs")
     model, processor = build_tiny_model(config.arch, benchmark_texts(data), config.image_size, config.seed)
     pad_id = processor.tokenizer.pad_token_id
-    sampler = EpochSampler(processor, samples, config, rng)
+    sampler = EpochSampler(
+        processor, samples, config, rng, base_people(data) if config.pretrain_epochs else frozenset()
+    )
     vision_summary = None
     if config.vision_pretrain_steps:
         vision_summary = pretrain_vision(
@@ -240,7 +282,7 @@ def finetune(
         if verbose:
             print("vision pre-training", vision_summary, flush=True)
 
-    stages = [("perception", config.perception_epochs), ("all", config.epochs)]
+    stages = [("perception", config.perception_epochs), ("pretrain", config.pretrain_epochs), ("all", config.epochs)]
     n_steps = sum(e * math.ceil(sampler.n_keys(st) / config.batch_size) for st, e in stages)
     groups = module_groups(model)
     vision = groups["vision"] | groups["projector"]
