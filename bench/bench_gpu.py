@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import quiet_hf  # noqa: E402
+from _common import add_common_args, emit, quiet_hf, row, times  # noqa: E402
 
 
 def _config(method: str, **over):
@@ -134,9 +134,9 @@ def big_llava(processor_model):
 
 def cost(model, processor, forget, retain, steps: int, repeats: int) -> dict:
     """Step time and peak GPU memory of GA and MMUnlearner; importance pass against one epoch."""
-    from forgetlab.data.collate import collate, encode
-    from forgetlab.importance import answer_nll
-    from forgetlab.train.masking import group_importance, mask_from_samples, preserve_sets
+    from bench_unlearn import preserve_epoch
+
+    from forgetlab.train.masking import group_importance, mask_from_samples
 
     state = {k: v.clone() for k, v in model.state_dict().items()}
     model.cuda()
@@ -165,19 +165,10 @@ def cost(model, processor, forget, retain, steps: int, repeats: int) -> dict:
             gc.collect()
     best = {m: {k: min(r[k] for r in rs) for k in rs[0]} for m, rs in runs.items()}
 
-    pad = processor.tokenizer.pad_token_id
     model.load_state_dict(state)
 
     def epoch() -> None:
-        model.train()
-        for samples in preserve_sets(forget, retain).values():
-            encoded = [encode(processor, s, span="full") for s in samples]
-            for k in range(0, len(encoded), 8):
-                model.zero_grad(set_to_none=True)
-                with torch.autocast("cuda", dtype=torch.bfloat16):
-                    loss = answer_nll(model, collate(encoded[k : k + 8], pad))
-                loss.backward()
-        model.zero_grad(set_to_none=True)
+        preserve_epoch(model, processor, forget, retain, lambda: torch.autocast("cuda", dtype=torch.bfloat16))
         torch.cuda.synchronize()
 
     def importance() -> None:
@@ -210,6 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--people", type=int, default=20)
     ap.add_argument("--cpu-steps", type=Path, default=None, help=argparse.SUPPRESS)
+    add_common_args(ap, threads=None)  # what bench/run_all.py passes (--quick changes nothing here)
     args = ap.parse_args(argv)
     quiet_hf()
     if args.cpu_steps is not None:  # the child of agreement()
@@ -218,8 +210,12 @@ def main(argv: list[str] | None = None) -> None:
         assert not torch.cuda.is_available()
         save_file(ten_steps(args.cpu_steps), args.cpu_steps / "cpu.safetensors")
         return
-    if not torch.cuda.is_available():
-        sys.exit("bench_gpu.py needs a CUDA GPU; none is visible")
+    if not torch.cuda.is_available():  # make bench on a CPU machine: one row that says so, not a failure
+        print("bench_gpu.py needs a CUDA GPU; none is visible")
+        emit(
+            args, [row("GPU (bench_gpu.py)", "all", "no GPU", note="run `python bench/bench_gpu.py` on a CUDA machine")]
+        )
+        return
     from forgetlab.data.mllmu import load_training
     from forgetlab.data.synth import write_benchmark
     from forgetlab.models.tiny import build_tiny_model, save_model
@@ -264,6 +260,17 @@ def main(argv: list[str] | None = None) -> None:
         f"{res['importance_s'] / res['epoch_s']:.3f}x (goal <= 1.2x)",
         flush=True,
     )
+    name, t_ratio = "GPU: MMUnlearner vs GA", mmu["step_s"] / ga["step_s"]
+    m_ratio, i_ratio = mmu["peak_extra"] / ga["peak_extra"], res["importance_s"] / res["epoch_s"]
+    setting = f"{res['params'] / 1e9:.2f} B LLaVA, bf16, batch 8, {args.steps} steps, {torch.cuda.get_device_name()}"
+    agree = f"after 10 fp32 steps, share of the update; the mask rule agrees on {a['mask_agreement']:.4%}"
+    rows = [
+        row(name, "step time, MMUnlearner / GA", times(t_ratio), "≤ 1.05×", t_ratio <= 1.05, setting, ratio=t_ratio),
+        row(name, "peak GPU memory above weights", times(m_ratio), "≤ 1.10×", m_ratio <= 1.10, setting, ratio=m_ratio),
+        row(name, "importance pass / one epoch", times(i_ratio), "≤ 1.2×", i_ratio <= 1.2, setting, ratio=i_ratio),
+        row(name, "GPU vs CPU weights", f"{a['update_rel_diff']:.1e}", "", None, agree, ratio=a["update_rel_diff"]),
+    ]
+    emit(args, rows)
 
 
 if __name__ == "__main__":

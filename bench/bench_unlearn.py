@@ -19,6 +19,7 @@ and a synthetic benchmark of ``--people`` people, it reports:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
@@ -75,26 +76,37 @@ def child(method: str, data: Path, model_dir: Path, mask: Path | None, steps: in
     return {"step_s": seconds, "peak_extra": _status("VmHWM") - base, "peak": _status("VmHWM")}
 
 
+def preserve_epoch(model, processor, forget, retain, forward_context=contextlib.nullcontext) -> None:
+    """One forward+backward epoch over the importance pass's examples (forget VQA and each preserve set),
+    in its batches of 8 and encoding: what the importance pass costs at least. ``forward_context``: e.g.
+    bf16 autocast around each forward."""
+    from forgetlab.data.collate import collate, encode
+    from forgetlab.importance import answer_nll
+    from forgetlab.train.masking import preserve_sets
+
+    pad = processor.tokenizer.pad_token_id
+    model.train()
+    for samples in preserve_sets(forget, retain).values():
+        encoded = [encode(processor, s, span="full") for s in samples]
+        for k in range(0, len(encoded), 8):
+            model.zero_grad(set_to_none=True)
+            with forward_context():
+                loss = answer_nll(model, collate(encoded[k : k + 8], pad))
+            loss.backward()
+    model.zero_grad(set_to_none=True)
+
+
 def importance_vs_epoch(data: Path, model_dir: Path, repeats: int) -> tuple[float, float]:
     """Best-of-``repeats`` seconds of the importance pass and of one forward+backward epoch over the same examples."""
-    from forgetlab.data.collate import collate, encode
     from forgetlab.data.mllmu import load_training
-    from forgetlab.importance import answer_nll
     from forgetlab.models.load import load
-    from forgetlab.train.masking import group_importance, preserve_sets
+    from forgetlab.train.masking import group_importance
 
     model, processor = load(model_dir)
     forget, retain = load_training(data, "forget_10"), load_training(data, "retain_90")
-    pad = processor.tokenizer.pad_token_id
 
     def epoch() -> None:
-        model.train()
-        for samples in preserve_sets(forget, retain).values():
-            encoded = [encode(processor, s, span="full") for s in samples]
-            for k in range(0, len(encoded), 8):
-                model.zero_grad(set_to_none=True)
-                answer_nll(model, collate(encoded[k : k + 8], pad)).backward()
-        model.zero_grad(set_to_none=True)
+        preserve_epoch(model, processor, forget, retain)
 
     def importance() -> None:
         group_importance(model, processor, forget, retain, groups="both", batch_size=8)

@@ -76,7 +76,7 @@ def test_example_estimator_is_the_mean_of_per_example_squared_gradients(setting)
     assert not torch.allclose(batch["lm_head.weight"], got["lm_head.weight"])  # they differ in general
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (bench/bench_gpu.py runs it on one)")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (CI has none; run the suite on a GPU machine)")
 def test_importance_of_a_gpu_model_matches_the_cpu(setting) -> None:
     # the engine moves the model to its device before building the mask: the CPU-collated batches must follow
     model, processor, examples = setting
