@@ -104,18 +104,15 @@ def freezing(model, processor, forget, retain, bf16: bool) -> dict:
     named = dict(model.named_parameters())
     keys = [n for n in named if "layers.0" in n or "lm_head" in n or "linear_1" in n]
     mask = Mask({n: torch.rand(named[n].shape, generator=g) < 0.5 for n in keys})
-    m = copy.deepcopy(model)
     cfg = _config("mmunlearner", lr=1e-2, weight_decay=0.1, retain_weight=0, bf16=bf16, max_steps=20)
-    recipe = _recipe(m, processor, forget, retain, cfg, mask)
-    before = {n: p.detach().clone() for n, p in recipe.model.named_parameters()}
+    recipe = _recipe(copy.deepcopy(model), processor, forget, retain, cfg, mask)
+    before = {n: p.detach().cpu().clone() for n, p in recipe.model.named_parameters()}
     for i, step in enumerate(recipe.steps[:20]):
         recipe.run_step(i, step)
-    after = dict(recipe.model.named_parameters())
+    after = {n: p.detach().cpu() for n, p in recipe.model.named_parameters()}  # masks live on the CPU
     frozen_ok = all(torch.equal(after[n], before[n]) for n in after if n not in mask.tensors)
-    masked_out_ok = all(torch.equal(after[n][~m.to(after[n].device)], before[n][~m.to(after[n].device)])
-                        for n, m in mask.tensors.items())  # fmt: skip
-    moved = sum(int((after[n][m.to(after[n].device)] != before[n][m.to(after[n].device)]).sum())
-                for n, m in mask.tensors.items()) / sum(int(m.sum()) for m in mask.tensors.values())  # fmt: skip
+    masked_out_ok = all(torch.equal(after[n][~m], before[n][~m]) for n, m in mask.tensors.items())
+    moved = sum(int((after[n][m] != before[n][m]).sum()) for n, m in mask.tensors.items()) / mask.selected
     return {"absent_frozen": frozen_ok, "masked_out_bit_identical": masked_out_ok, "selected_moved": moved}
 
 

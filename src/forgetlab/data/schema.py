@@ -32,6 +32,8 @@ EVAL_SPLITS: tuple[str, ...] = (
 )
 #: fine-tuning split (rows carry a ``metadata`` JSON list of {Question, Answer}).
 FT_SPLIT = "ft_Data"
+#: MLLMU-Bench's real-world celebrities (knowledge from the base model's pre-training).
+REALWORLD_SPLIT = "Retain_Set"
 #: extra splits of the embedded benchmark (same Classification_Task schema):
 #: generic visual perception (non-person images) and text-only world knowledge.
 EXTRA_SPLITS: tuple[str, ...] = ("Perception_Set", "World_Set")

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from forgetlab.data.mllmu import available_splits, load_split, split_ids
-from forgetlab.data.schema import Sample, forget_split, retain_split
+from forgetlab.data.schema import REALWORLD_SPLIT, Sample, forget_split, retain_split
 from forgetlab.dist.shard import Shard
 from forgetlab.eval.mcq import Protocol, answer_mcq, generate_answers
 from forgetlab.eval.textmetrics import bleu, cloze_correct, rouge_scores
@@ -28,14 +28,14 @@ EVAL_SETS: dict[str, Callable[[Path, int], list[Sample]]] = {
     "forget": lambda root, r: load_split(root, forget_split(r)),
     "test": lambda root, r: load_split(root, "Test_Set", ids=split_ids(root, forget_split(r))),
     "retain": lambda root, r: load_split(root, retain_split(r)),
-    "realworld": lambda root, r: load_split(root, "Retain_Set"),
+    "realworld": lambda root, r: load_split(root, REALWORLD_SPLIT),
     "perception": lambda root, r: load_split(root, "Perception_Set"),
     "world": lambda root, r: load_split(root, "World_Set"),
 }
 #: splits every MLLMU-format folder must have; the others are evaluated when present
 REQUIRED = ("forget", "test", "retain", "realworld")
 _FOLDER = {
-    "realworld": "Retain_Set",
+    "realworld": REALWORLD_SPLIT,
     "perception": "Perception_Set",
     "world": "World_Set",
     "test": "Test_Set",

@@ -7,9 +7,10 @@ recognise identities; then a pre-training stage on what a real base model knows 
 the benchmark's fine-tune (the real-world people of ``Retain_Set``, world knowledge,
 perception: MLLMU-Bench's celebrities come from LLaVA's pre-training, not from the
 fictitious fine-tune, and are held that strongly); then everything: attribute VQA, naming
-VQA, text QA about every person, perception and world knowledge. A share of each epoch's examples is shown in the
-reference MCQ format (options + "answer with the letter") with freshly drawn options, so
-that the generate-then-parse-letter protocol is meaningful on a tiny model too.
+VQA, text QA about every person, perception and world knowledge. A share of each epoch's
+examples is shown in the reference MCQ format (options + "answer with the letter") with
+freshly drawn options, so that the generate-then-parse-letter protocol is meaningful on a
+tiny model too.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ import torch
 from pydantic import BaseModel, Field
 
 from forgetlab.data.collate import Encoded, collate, encode, length_groups
-from forgetlab.data.mllmu import available_splits, load_split, load_training
-from forgetlab.data.schema import FT_SPLIT, HOLDOUT_SPLIT, Sample
+from forgetlab.data.mllmu import available_splits, load_split, load_training, split_ids
+from forgetlab.data.schema import FT_SPLIT, HOLDOUT_SPLIT, REALWORLD_SPLIT, Sample
 from forgetlab.data.synth import benchmark_digest
 from forgetlab.dist.grads import sum_gradients
 from forgetlab.dist.shard import Shard
@@ -35,9 +36,6 @@ from forgetlab.io import atomic_dir, write_json
 from forgetlab.models.groups import module_groups
 from forgetlab.models.tiny import Arch, build_tiny_model, save_model
 from forgetlab.train.vision_pretrain import pretrain_vision
-
-#: MLLMU-Bench's real-world celebrities (the embedded benchmark's stand-ins for them)
-REALWORLD_SPLIT = "Retain_Set"
 
 #: version of the training procedure beyond its config (bumped when the same config trains differently);
 #: 2: each batch runs as micro-batches of similar length (same examples per step, less padding)
@@ -126,11 +124,7 @@ def is_perception(sample: Sample) -> bool:
 
 def base_people(root: Path) -> frozenset[str]:
     """IDs of the real-world people (``Retain_Set``): knowledge a base model brings from its pre-training."""
-    return (
-        frozenset(s.person_id for s in load_split(root, REALWORLD_SPLIT))
-        if REALWORLD_SPLIT in available_splits(root)
-        else frozenset()
-    )
+    return frozenset(split_ids(root, REALWORLD_SPLIT)) if REALWORLD_SPLIT in available_splits(root) else frozenset()
 
 
 def benchmark_texts(root: Path) -> list[str]:
@@ -266,9 +260,7 @@ def finetune(
         raise ValueError(f"{data}: ft_Data holds no training pairs")
     model, processor = build_tiny_model(config.arch, benchmark_texts(data), config.image_size, config.seed)
     pad_id = processor.tokenizer.pad_token_id
-    sampler = EpochSampler(
-        processor, samples, config, rng, base_people(data) if config.pretrain_epochs else frozenset()
-    )
+    sampler = EpochSampler(processor, samples, config, rng, base_people(data))
     vision_summary = None
     if config.vision_pretrain_steps:
         vision_summary = pretrain_vision(
