@@ -5,7 +5,7 @@
 the benchmark's own metrics on a model and returns ``(metrics, rows)``:
 
 * MLLMU-Bench and CLEAR: :func:`forgetlab.eval.runner.evaluate` (MCQ accuracy per set and modality,
-  generation ROUGE/BLEU, cloze). MLLMU sets: ``forget``/``test``/``retain``/``realworld`` (SPEC §4);
+  generation ROUGE/BLEU, cloze). MLLMU sets: ``forget``/``test``/``retain``/``realworld`` (``docs/reference.md``);
   CLEAR sets: ``forget``/``retain`` (name-recognition MCQ, caption generation, text QA) and
   ``realfaces``/``realworld``.
 * TOFU: :func:`forgetlab.eval.tofu.evaluate_tofu` (probability, ROUGE-L recall, truth ratio).
@@ -15,7 +15,6 @@ the benchmark's own metrics on a model and returns ``(metrics, rows)``:
 
 from __future__ import annotations
 
-import statistics
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from forgetlab.data import clear, tofu
 from forgetlab.data.mllmu import DataError, DataWarning, available_splits, load_split, load_training
 from forgetlab.data.schema import FORGET_RATIOS, Sample, forget_split, retain_split
 from forgetlab.eval.runner import EvalConfig, evaluate, load_eval_sets
-from forgetlab.verify.relearn import FORGET_METRICS, RETAIN_METRICS, subset_metrics
+from forgetlab.verify.relearn import RELEARN_METRICS, half_metrics
 
 BenchmarkName = Literal["mllmu", "clear", "tofu"]
 #: forget percentages each benchmark publishes
@@ -60,14 +59,6 @@ COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
         ("real_authors_prob", "Real authors prob"), ("world_facts_prob", "World facts prob"),
     ),
 }  # fmt: skip
-#: per-half forget metrics and retain metrics of the relearning attack
-RELEARN_METRICS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "mllmu": (FORGET_METRICS, RETAIN_METRICS),
-    "clear": (("forget_vqa_acc",), ("retain_vqa_acc",)),
-    "tofu": (("forget_prob", "forget_rougeL_recall"), ("retain_prob", "retain_rougeL_recall")),
-}
-
-
 @dataclass
 class BenchmarkData:
     """Everything an experiment reads from a benchmark folder."""
@@ -105,6 +96,21 @@ def check_folder(name: str, root: Path, percent: int) -> None:
             f"{name} benchmark folder {root} lacks {', '.join(missing)} (found: {found}); "
             f"download the full dataset with {fetch}"
         )
+
+
+def detect_layout(root: Path | str) -> str:
+    """``mllmu``, ``clear`` or ``tofu``: which benchmark layout the folder ``root`` holds."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"benchmark folder {root} does not exist")
+    if "Full_Set" in available_splits(root) or any(s.startswith("forget_") for s in available_splits(root)):
+        return "mllmu"
+    found = set(clear.configs(root))
+    if found & {"real_faces", "real_world"} or any(c.endswith("+tofu") for c in found):
+        return "clear"
+    if found & {"world_facts_perturbed", "real_authors_perturbed"} or any(c.startswith("holdout") for c in found):
+        return "tofu"
+    raise DataError(f"{root} is in no known benchmark layout (MLLMU-Bench, CLEAR, TOFU); pass the benchmark's name")
 
 
 def disjoint_retain(name: str, forget: Sequence[Sample], retain: Sequence[Sample]) -> list[Sample]:
@@ -210,15 +216,7 @@ def evaluate_benchmark(
     return result.metrics, result.rows
 
 
-def half_metrics(name: str, rows: Sequence[dict[str, Any]], ids: Sequence[str]) -> dict[str, float | None]:
-    """The relearning attack's forget metrics over the evaluation rows of the people ``ids``."""
-    if name != "tofu":
-        out = subset_metrics(rows, ids)
-        return {k: out.get(k) for k in RELEARN_METRICS[name][0]}
-    wanted = set(ids)
-    mine = [r for r in rows if r["set"] == "forget" and r["id"] in wanted]
-    out: dict[str, float | None] = {}
-    for key, column in (("forget_prob", "prob"), ("forget_rougeL_recall", "rougeL_recall")):
-        values = [r[column] for r in mine if r.get(column) is not None]
-        out[key] = statistics.fmean(values) if values else None
-    return out
+__all__ = [
+    "COLUMNS", "FORGET_PERCENTS", "RELEARN_METRICS", "BenchmarkData", "check_folder", "evaluate_benchmark",
+    "half_metrics", "load_benchmark",
+]  # fmt: skip

@@ -147,38 +147,78 @@ def print_metrics(models: dict[str, dict]) -> None:
     Console(width=max(140, Console().width)).print(table)
 
 
-@app.command()
-def demo(
-    out: Annotated[Path, typer.Option(help="run folder")] = Path("runs/demo"),
-    people: Annotated[int, typer.Option(help="people in the synthetic benchmark")] = 100,
-    seed: Annotated[int, typer.Option()] = 0,
-    workers: Annotated[
-        int | None, typer.Option(help="parallel one-thread jobs (default: one per core; results do not depend on it)")
-    ] = None,
-    log_with: Annotated[
-        str, typer.Option(help="tensorboard: each unlearning run's curves to runs/demo/models/<run>/tensorboard/")
-    ] = "none",
-    retrain_original: Annotated[
-        bool, typer.Option(help="train the original model here instead of using the one shipped with forgetlab")
-    ] = False,
-) -> None:
-    """The whole pipeline on the embedded benchmark, offline: synth -> finetune -> eval -> every method ->
-    verification -> report. Rerunning resumes: finished stages are read back, not redone."""
-    from forgetlab.demo import DemoPlan, run_demo
-    from forgetlab.lock import OutputLocked
+def _study_overrides(items: list[str] | None) -> dict:
+    from forgetlab.train.commands import parse_overrides
 
-    set_threads()
-    try:
-        plan = DemoPlan(people=people, seed=seed, workers=workers, log_with=log_with,
-                        shipped_original=not retrain_original)  # fmt: skip
-        result = run_demo(out, plan, console=console)
-    except (ValueError, OSError, OutputLocked) as e:  # OSError: e.g. a full disk (forgetlab.io.WriteFailed)
-        _fail(str(e))
+    return parse_overrides(items)
+
+
+def run_and_print(study, out: Path) -> None:
+    """Run a study (:func:`forgetlab.study.pipeline.run_study`) and print its chosen models."""
+    from forgetlab.study.pipeline import run_study
+
+    result = run_study(study, out, console=console)
     chosen = {k: m for k, m in result["models"].items() if k == "original" or m.get("chosen")}
     print_metrics(chosen | result.get("regimes", {}))
     stages = ", ".join(f"{k} {v:.0f}s" for k, v in result.get("stage_seconds", {}).items())
     console.print(f"done in {result.get('seconds', 0):.0f} s ({stages})")
     console.print(f"report: [bold]{out / 'report.html'}[/]  metrics: [bold]{out / 'metrics.json'}[/]")
+
+
+@app.command()
+def run(
+    study: Annotated[Path, typer.Argument(help="study YAML (configs/demo.yaml, configs/paper/*.yaml)")],
+    out: Annotated[Path | None, typer.Option(help="run folder (default: the study's output, else runs/<name>)")] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="override a study field, e.g. --set verify.relearn.lr=1e-5")
+    ] = None,
+    check: Annotated[bool, typer.Option("--check", help="validate the study and its folders, run nothing")] = False,
+) -> None:
+    """Run a study: benchmark -> original model -> every method x LR x seed -> selection -> verification ->
+    metrics.json + report.html. Rerunning resumes: finished stages are read back, not redone."""
+    from forgetlab.study import read_study
+    from forgetlab.train.commands import clean_errors
+
+    set_threads()
+    with clean_errors():
+        cfg = read_study(study, _study_overrides(overrides))
+        folder = out or cfg.output or Path("runs") / cfg.name
+        if check:
+            from forgetlab.study.pipeline import check_inputs
+
+            check_inputs(cfg)
+            console.print(f"{study}: valid ({len(cfg.runs)} methods on {cfg.benchmark.kind} forget {cfg.forget_ratio})")
+            return
+        run_and_print(cfg, folder)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="run folder")] = Path("runs/demo"),
+    people: Annotated[int | None, typer.Option(help="people in the synthetic benchmark (default 100)")] = None,
+    seed: Annotated[int | None, typer.Option(help="benchmark seed (default 0)")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="parallel one-thread jobs (default: one per core; results do not depend on it)")
+    ] = None,
+    log_with: Annotated[
+        str | None, typer.Option(help="tensorboard: each unlearning run's curves to runs/demo/models/<run>/tensorboard/")
+    ] = None,
+    retrain_original: Annotated[
+        bool, typer.Option(help="train the original model here instead of using the one shipped with forgetlab")
+    ] = False,
+    overrides: Annotated[list[str] | None, typer.Option("--set", help="override a field of the demo study")] = None,
+) -> None:
+    """The demo: `forgetlab run` of the packaged demo study (configs/demo.yaml) on the embedded benchmark,
+    offline. Rerunning resumes: finished stages are read back, not redone."""
+    from forgetlab.study import DEMO_STUDY, read_study
+    from forgetlab.train.commands import clean_errors
+
+    set_threads()
+    given = {"benchmark.people": people, "benchmark.seed": seed, "workers": workers, "log_with": log_with,
+             "model.source": "finetune" if retrain_original else None}  # fmt: skip
+    with clean_errors():
+        cfg = read_study(DEMO_STUDY, {k: v for k, v in given.items() if v is not None} | _study_overrides(overrides))
+        run_and_print(cfg, out)
 
 
 def main() -> None:  # pragma: no cover - console entry
@@ -200,9 +240,9 @@ from forgetlab.verify.relearn import relearn_command  # noqa: E402
 
 app.command("relearn")(relearn_command)
 app.command("continual")(continual_command)
-from forgetlab.run_config import run_command  # noqa: E402
+from forgetlab.verify.assess import verify_command  # noqa: E402
 
-app.command("run")(run_command)
+app.command("verify")(verify_command)
 from forgetlab.doctor import doctor_command  # noqa: E402
 
 app.command("doctor")(doctor_command)

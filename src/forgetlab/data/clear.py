@@ -204,6 +204,24 @@ def caption_items(root: Path | str, config: str, *, seed: int = 0) -> list[Sampl
     return out
 
 
+def perturbed_caption_items(root: Path | str, config: str, *, seed: int = 0) -> list[Sample]:
+    """The faces of a ``*_perturbed`` config with their first perturbed caption: text never trained on
+    (the non-members of CLEAR's membership inference)."""
+    rows = read_config(root, config, repo=REPO, required=["image", "perturbed_captions"], optional=["name"])
+    out: list[Sample] = []
+    for i, row in enumerate(rows):
+        where = _where(config, i)
+        captions = text_list(row, "perturbed_captions", where)
+        if not captions:
+            continue
+        pid = row.get("name") or f"{config}#{i}"
+        meta = {"kind": "perturbed_caption", "row": str(i)}
+        image = _image(row["image"], config, i, pid)
+        out.append(Sample(_caption_question(seed, config, i), captions[0], "vqa", "generation", pid, config, image,
+                          meta=meta))  # fmt: skip
+    return out
+
+
 def real_mcqs(root: Path | str, config: str, *, seed: int = 0) -> list[Sample]:
     """MCQs of ``real_faces`` (question: the name question) or ``real_world`` (its own question)."""
     rows = read_config(root, config, repo=REPO, required=["image", "answer", "options"], optional=["question"])

@@ -1,4 +1,4 @@
-"""Membership inference on a model: forget-set examples (members) vs holdout examples (SPEC §5).
+"""Membership inference on a model: forget-set examples (members) vs holdout examples (``docs/reference.md``).
 
 :func:`mia_report` runs one batched forward pass per batch over both sets (answer-only labels,
 pads ignored), keeps per example the answer tokens' log-probs and the mean / std of log p under
@@ -250,3 +250,42 @@ def benchmark_mia_sets(
     if missing:
         raise ValueError(f"holdout people {sorted(missing)} have no rows in {FT_SPLIT}")
     return members, nonmembers
+
+
+def mia_sets(data) -> tuple[list[Sample], list[Sample], str]:
+    """(members, non-members, what the non-members are) for any :class:`~forgetlab.benchmarks.BenchmarkData`.
+
+    Members are the forget set's training pairs. Non-members, best first:
+
+    * MLLMU-Bench layout with ``Holdout_Set`` (the embedded benchmark): never-trained people;
+    * TOFU with ``holdoutXX``: never-trained authors of the same size as the forget set;
+    * MLLMU-Bench without a holdout (the real download): ``Test_Set`` items of the forget people
+      (renderings and questions never trained on). That is *example*-level membership, weaker than
+      people-level: pass ``holdout_ids`` to :func:`benchmark_mia_sets` for a model fine-tuned
+      without some people;
+    * CLEAR: the forget people's faces with their *perturbed* captions (CLEAR has no never-trained
+      people): the same images, text never trained on.
+    """
+    from forgetlab.data import clear, tofu
+    from forgetlab.data.mllmu import DataError, available_splits
+
+    members = list(data.forget)
+    if data.name == "mllmu":
+        if HOLDOUT_SPLIT in available_splits(data.root):
+            return (*benchmark_mia_sets(data.root, data.forget_percent), "Holdout_Set: never-trained people")
+        people = {s.person_id for s in members}
+        test = [s for s in data.eval_sets.get("test", []) if s.person_id in people]
+        nonmembers = [s for s in test if s.task == "generation"] or [s for s in test if s.task == "classification"]
+        if not nonmembers:
+            raise DataError(f"{data.root}: no Holdout_Set and no Test_Set items of the forget people for MIA")
+        return members, nonmembers, "Test_Set items of the forget people (example-level: no never-trained people)"
+    if data.name == "tofu":
+        config = tofu.holdout_config(data.forget_percent)
+        if config not in tofu.configs(data.root):
+            raise DataError(f"{data.root}: TOFU config {config} (never-trained authors) is missing; MIA needs it")
+        return members, tofu.load_qa(data.root, config), f"{config}: never-trained authors"
+    if data.name == "clear":
+        config = f"{clear.forget_config(data.forget_percent)}_perturbed"
+        nonmembers = clear.perturbed_caption_items(data.root, config)
+        return members, nonmembers, f"{config}: the forget faces with perturbed captions"
+    raise ValueError(f"unknown benchmark {data.name!r}")

@@ -55,6 +55,19 @@ def _refused(path: Path, exc: Exception) -> ModelPathError:
     return ModelPathError(f"cannot load {path}: {text}{pickled}")
 
 
+def check_model_folder(path: Path, hub_id: str | None = None) -> None:
+    """A ModelPathError naming ``path`` (and where to obtain it, when ``hub_id`` is known) unless it holds
+    a transformers model folder with safetensors weights; nothing is loaded."""
+    path = Path(path)
+    if hub_id and not path.exists():
+        raise ModelPathError(
+            f"model folder {path} does not exist; forgetlab never downloads weights. Its source is {hub_id}: on a "
+            f"machine with network access run `huggingface-cli download {hub_id} --local-dir {path}` (and fine-tune "
+            "it first if the study expects a fine-tuned model, see docs/reproduce-paper-gpu.md)"
+        )
+    _check_folder(path)
+
+
 def _check_folder(path: Path) -> dict:
     if not path.exists():
         raise ModelPathError(

@@ -1,24 +1,24 @@
-"""The relearning attack (SPEC §6): does a little fine-tuning bring the forgotten knowledge back?
+"""The relearning attack: does a little fine-tuning bring the forgotten knowledge back?
 
-The forgotten people (``forget_<r>``) are split, seeded, into two halves: the *relearned*
-people and the *held-out* people. The unlearned model is fine-tuned (the registered ``relearn``
-method — plain NLL descent — through the one unlearning loop) on
+The forgotten people of a benchmark (:class:`~forgetlab.benchmarks.BenchmarkData`: MLLMU-Bench,
+CLEAR or TOFU) are split, seeded, into two halves: the *relearned* people and the *held-out*
+people. The unlearned model is fine-tuned (the registered ``relearn`` method, plain NLL descent,
+through the one unlearning loop) on
 
 * ``source="forget"``: the training pairs of the relearned people (default: half of them);
 * ``source="retain"``: as many training pairs drawn from the retain people;
-* ``source="unrelated"``: as many pairs of unrelated training data (``ft_Data`` rows whose IDs
-  are neither benchmark people nor celebrities: the embedded benchmark's perception and world
-  items),
+* ``source="unrelated"``: as many pairs of unrelated data (the benchmark's probe pool of unrelated
+  items: the embedded benchmark's perception and world items, real-world questions elsewhere),
 
-so the budget is matched to the data (``epochs`` passes, default one). Then MCQ accuracy is
-measured on each half separately (forget VQA / QA and Test_Set VQA restricted to the half's
-IDs) and on the retain split, for the original, unlearned and relearned models.
+so the budget is matched to the data (``epochs`` passes, default one). Then the benchmark's forget
+metrics are measured on each half separately (MLLMU-Bench: forget VQA / QA and Test_Set VQA; CLEAR:
+name MCQ; TOFU: answer probability and ROUGE-L) and its retain metrics on the retain set, for the
+original, unlearned and relearned models.
 
-Recovery per metric = (acc_relearned − acc_unlearned) / (acc_original − acc_unlearned), from
-:func:`recovery`; it is undefined (``None``) when unlearning removed less than
-:data:`MIN_FORGOTTEN` of accuracy. Recovery on the *held-out* people is the evidence that
-matters: relearning a few people should not restore others unless the knowledge was only
-hidden, not erased. The headline per half is the mean of its defined per-metric recoveries.
+Recovery per metric = (relearned − unlearned) / (original − unlearned), from :func:`recovery`; it is
+undefined (``None``) when unlearning removed less than :data:`MIN_FORGOTTEN`. Recovery on the
+*held-out* people is the evidence that matters: relearning a few people should not restore others
+unless the knowledge was only hidden, not erased (``docs/verification.md``).
 """
 
 from __future__ import annotations
@@ -28,15 +28,17 @@ import math
 import statistics
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import torch
 import typer
 
-from forgetlab.data.mllmu import available_splits, load_training, split_ids
-from forgetlab.data.schema import FT_SPLIT, Sample, forget_split, retain_split
+from forgetlab.data.schema import Sample
 from forgetlab.io import write_json
+
+if TYPE_CHECKING:
+    from forgetlab.benchmarks import BenchmarkData
 
 #: below this drop of accuracy (original − unlearned) nothing was forgotten: recovery is undefined.
 MIN_FORGOTTEN = 0.05
@@ -44,10 +46,16 @@ SOURCES: tuple[str, ...] = ("forget", "retain", "unrelated")
 MODALITIES: tuple[str, ...] = ("vqa", "qa", "both")
 #: the two halves of the forget people.
 HALVES: tuple[str, ...] = ("relearned_people", "held_out_people")
-#: accuracies measured on each half (``test`` = Test_Set, new images of the same people).
+#: MLLMU-Bench accuracies measured on each half (``test`` = Test_Set, new images of the same people).
 FORGET_METRICS: tuple[str, ...] = ("forget_vqa_acc", "forget_qa_acc", "test_vqa_acc")
 RETAIN_METRICS: tuple[str, ...] = ("retain_vqa_acc", "retain_qa_acc")
-#: the evaluation sets the attack needs (see :mod:`forgetlab.eval.runner`).
+#: per benchmark: (forget metrics measured per half, retain metrics)
+RELEARN_METRICS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "mllmu": (FORGET_METRICS, RETAIN_METRICS),
+    "clear": (("forget_vqa_acc",), ("retain_vqa_acc",)),
+    "tofu": (("forget_prob", "forget_rougeL_recall"), ("retain_prob", "retain_rougeL_recall")),
+}
+#: the evaluation sets the attack needs (those a benchmark has).
 EVAL_SETS: tuple[str, ...] = ("forget", "test", "retain")
 
 Metrics = dict[str, Any]
@@ -124,6 +132,26 @@ def subset_metrics(rows: Sequence[Mapping[str, Any]], ids: Sequence[str]) -> Met
     return out
 
 
+def half_metrics(benchmark: str, rows: Sequence[Mapping[str, Any]], ids: Sequence[str]) -> Metrics:
+    """The attack's forget metrics (:data:`RELEARN_METRICS`) over the evaluation rows of the people ``ids``."""
+    if benchmark != "tofu":
+        out = subset_metrics(rows, ids)
+        keep = RELEARN_METRICS[benchmark][0]
+        return {k: v for k, v in out.items() if k in keep or k.removesuffix("_n") + "_acc" in keep}
+    wanted = set(ids)
+    mine = [r for r in rows if r["set"] == "forget" and r["id"] in wanted]
+    out = {}
+    for key, column in (("forget_prob", "prob"), ("forget_rougeL_recall", "rougeL_recall")):
+        values = [r[column] for r in mine if r.get(column) is not None]
+        out[key] = statistics.fmean(values) if values else None
+    return out
+
+
+def _names(part: str, view: Mapping[str, Any]) -> list[str]:
+    """The metric names of one part of a view (its ``*_n`` counts left out)."""
+    return [k for k in view[part] if not k.endswith("_n")]
+
+
 def recoveries(original: Mapping[str, Any], unlearned: Mapping[str, Any], relearned: Mapping[str, Any]) -> dict:
     """Per-half and retain recovery of each metric, and the per-half headline.
 
@@ -133,8 +161,11 @@ def recoveries(original: Mapping[str, Any], unlearned: Mapping[str, Any], relear
     from noise) cannot outweigh one that lost half its questions, as a plain mean would let it.
     """
     out: dict[str, Any] = {}
-    for part, names in [*((h, FORGET_METRICS) for h in HALVES), ("retain", RETAIN_METRICS)]:
-        out[part] = {m: recovery(original[part].get(m), unlearned[part].get(m), relearned[part].get(m)) for m in names}
+    for part in (*HALVES, "retain"):
+        out[part] = {
+            m: recovery(original[part].get(m), unlearned[part].get(m), relearned[part].get(m))
+            for m in _names(part, original)
+        }
     out["headline"] = {h: pooled_recovery(original[h], unlearned[h], relearned[h], out[h]) for h in HALVES}
     return out
 
@@ -159,7 +190,7 @@ def forgotten(original: Mapping[str, Any], unlearned: Mapping[str, Any]) -> dict
     def drop(o: float | None, u: float | None) -> float | None:
         return o - u if _finite(o) and _finite(u) else None  # type: ignore[operator]
 
-    return {h: {m: drop(original[h].get(m), unlearned[h].get(m)) for m in FORGET_METRICS} for h in HALVES}
+    return {h: {m: drop(original[h].get(m), unlearned[h].get(m)) for m in _names(h, original)} for h in HALVES}
 
 
 # --------------------------------------------------------------------------- data
@@ -169,17 +200,18 @@ def _modality_ok(sample: Sample, modality: str) -> bool:
     return modality == "both" or sample.modality == modality
 
 
-def unrelated_training(data: Path) -> list[Sample]:
-    """``ft_Data`` rows whose IDs are neither benchmark people (Full_Set) nor celebrities (Retain_Set)."""
-    splits = set(available_splits(data))
-    people = set(split_ids(data, "Full_Set"))
-    if "Retain_Set" in splits:
-        people |= set(split_ids(data, "Retain_Set"))
-    return [s for s in load_training(data, FT_SPLIT) if s.person_id not in people]
+def forget_people(data: BenchmarkData) -> list[str]:
+    """The forgotten people in the order of the forget split (the attack's halves are drawn from it)."""
+    return list(dict.fromkeys(s.person_id for s in data.forget if s.person_id))
+
+
+def default_modality(data: BenchmarkData) -> str:
+    """The attack's training samples when none are named: ``qa`` on text-only TOFU, else ``vqa``."""
+    return "qa" if data.name == "tofu" else "vqa"
 
 
 def relearn_samples(
-    data: Path, forget_ratio: int, people: Sequence[str], *, source: str, modality: str, seed: int
+    data: BenchmarkData, people: Sequence[str], *, source: str, modality: str, seed: int
 ) -> list[Sample]:
     """The relearning set: the training pairs of ``people``, or as many pairs of retain / unrelated data.
 
@@ -189,18 +221,17 @@ def relearn_samples(
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}; choose one of {list(SOURCES)}")
     wanted = set(people)
-    pairs = load_training(data, forget_split(forget_ratio))
-    forget = [s for s in pairs if s.person_id in wanted and _modality_ok(s, modality)]
+    forget = [s for s in data.forget if s.person_id in wanted and _modality_ok(s, modality)]
     if not forget:
         raise ValueError(f"the relearned people {sorted(wanted)} have no {modality!r} training samples")
     if source == "forget":
         return forget
-    pool_all = load_training(data, retain_split(forget_ratio)) if source == "retain" else unrelated_training(data)
+    pool_all = data.retain if source == "retain" else data.probe_pools.get("unrelated", [])
     pool = [s for s in pool_all if _modality_ok(s, modality)]
     if not pool:
         raise ValueError(
-            f"source={source!r}: no {modality!r} training samples in {data} "
-            + ("(the retain split)" if source == "retain" else "(ft_Data rows outside Full_Set and Retain_Set)")
+            f"source={source!r}: no {modality!r} training samples in {data.root} "
+            + ("(the retain split)" if source == "retain" else "(unrelated items)")
         )
     rng = np.random.default_rng([seed, 7])
     order: list[int] = []
@@ -212,63 +243,73 @@ def relearn_samples(
 # --------------------------------------------------------------------------- evaluation
 
 
+def attack_sets(data: BenchmarkData) -> tuple[str, ...]:
+    """The evaluation sets the attack reads (:data:`EVAL_SETS` that the benchmark has)."""
+    return tuple(s for s in EVAL_SETS if s in data.eval_sets)
+
+
 def evaluate_halves(
-    model: torch.nn.Module,
-    processor: Any,
-    data: Path,
-    forget_ratio: int,
-    people: Mapping[str, Sequence[str]],
-    eval_sets: Mapping[str, list[Sample]] | None = None,
+    model: torch.nn.Module, processor: Any, data: BenchmarkData, people: Mapping[str, Sequence[str]]
 ) -> Metrics:
-    """MCQ accuracies of one model: :data:`FORGET_METRICS` per half, :data:`RETAIN_METRICS` on retain.
+    """One model's view of the attack: the forget metrics per half and the retain metrics.
 
     Returns ``{"people": people, "relearned_people": {...}, "held_out_people": {...}, "retain": {...}}``;
-    pass it back to :func:`relearn` as ``original_metrics`` / ``unlearned_metrics`` to skip an evaluation.
+    pass it back to :func:`relearn` as ``original_view`` / ``unlearned_view`` to skip an evaluation.
     """
-    from forgetlab.eval.runner import EvalConfig, evaluate, load_eval_sets
+    from forgetlab.benchmarks import evaluate_benchmark
 
-    sets = dict(eval_sets) if eval_sets is not None else load_eval_sets(Path(data), forget_ratio, EVAL_SETS)
-    result = evaluate(model, processor, data, EvalConfig(forget_ratio=forget_ratio, generation=False), eval_sets=sets)
-    return halves_from(result.rows, result.metrics, people)
+    metrics, rows = evaluate_benchmark(data, model, processor, sets=attack_sets(data), generation=data.name == "tofu")
+    return halves_from(data.name, rows, metrics, people)
 
 
 def halves_from(
-    rows: Sequence[Mapping[str, Any]], metrics: Mapping[str, Any], people: Mapping[str, Sequence[str]]
+    benchmark: str,
+    rows: Sequence[Mapping[str, Any]],
+    metrics: Mapping[str, Any],
+    people: Mapping[str, Sequence[str]],
 ) -> Metrics:
-    """:func:`evaluate_halves`'s result from an evaluation already made on the ``forget``, ``test`` and
-    ``retain`` sets (its rows of the first two, its metrics): a sweep's evaluation of the unlearned model."""
+    """:func:`evaluate_halves`'s result from an evaluation already made on the attack's sets (its rows
+    of the forget and test sets, its metrics): a sweep's evaluation of the unlearned model."""
     out: Metrics = {"people": {h: list(people[h]) for h in HALVES}}
     for half in HALVES:
-        out[half] = subset_metrics(rows, people[half])
-    out["retain"] = {k: metrics.get(k) for k in RETAIN_METRICS} | {
-        k.removesuffix("_acc") + "_n": metrics.get(k.removesuffix("_acc") + "_n") for k in RETAIN_METRICS
+        out[half] = half_metrics(benchmark, rows, people[half])
+    retain = RELEARN_METRICS[benchmark][1]
+    out["retain"] = {k: metrics.get(k) for k in retain} | {
+        k.removesuffix("_acc") + "_n": metrics.get(k.removesuffix("_acc") + "_n") for k in retain if k.endswith("_acc")
     }
     return out
 
 
-def _check_metrics(metrics: Mapping[str, Any], people: Mapping[str, list[str]], what: str) -> None:
-    """Precomputed metrics must be on the same halves (same fraction and seed)."""
-    missing = [k for k in (*HALVES, "retain", "people") if k not in metrics]
+def _check_view(view: Mapping[str, Any], people: Mapping[str, list[str]], what: str) -> None:
+    """Precomputed views must be on the same halves (same fraction and seed)."""
+    missing = [k for k in (*HALVES, "retain", "people") if k not in view]
     if missing:
         raise ValueError(f"{what} lacks {missing}; compute it with forgetlab.verify.relearn.evaluate_halves")
-    if {h: list(metrics["people"][h]) for h in HALVES} != people:
+    if {h: list(view["people"][h]) for h in HALVES} != people:
         raise ValueError(f"{what} was computed on other halves of the forget people (different fraction or seed)")
 
 
-def _evaluate_path(
-    path: Path, data: Path, forget_ratio: int, people: Mapping[str, Sequence[str]], sets: dict
-) -> Metrics:
+def _device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _free() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def evaluate_path(path: Path, data: BenchmarkData, people: Mapping[str, Sequence[str]]) -> Metrics:
+    """:func:`evaluate_halves` of the model saved in ``path``."""
     from forgetlab.models.load import load
 
     model, processor = load(path)
-    model.to("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(_device())
     try:
-        return evaluate_halves(model, processor, data, forget_ratio, people, sets)
+        return evaluate_halves(model, processor, data, people)
     finally:
         del model
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        _free()
 
 
 # --------------------------------------------------------------------------- the attack
@@ -276,19 +317,18 @@ def _evaluate_path(
 
 def relearn(
     unlearned: Path,
-    data: Path,
-    forget_ratio: int,
+    data: BenchmarkData,
     out: Path,
     *,
     original: Path | None = None,
-    original_metrics: Metrics | None = None,
-    unlearned_metrics: Metrics | None = None,
+    original_view: Metrics | None = None,
+    unlearned_view: Metrics | None = None,
     fraction: float = 0.5,
     source: str = "forget",
     lr: float = 1e-4,
     epochs: int = 1,
     seed: int = 0,
-    modality: str = "vqa",
+    modality: str | None = None,
     batch_size: int = 8,
     save_model: bool = False,
     progress: Callable[[str, int, int], None] | None = None,
@@ -297,16 +337,15 @@ def relearn(
 
     Args:
         unlearned: the unlearned model folder (the attack's starting point).
-        data: benchmark folder (MLLMU-Bench layout).
-        forget_ratio: the forget split (5, 10 or 15) that was unlearned.
+        data: the benchmark (:func:`forgetlab.benchmarks.load_benchmark`).
         out: output folder: ``relearn.json`` (and ``model/`` with ``save_model``).
-        original: the model before unlearning; evaluated unless ``original_metrics`` is given.
-        original_metrics, unlearned_metrics: results of :func:`evaluate_halves` on the same halves,
+        original: the model before unlearning; evaluated unless ``original_view`` is given.
+        original_view, unlearned_view: results of :func:`evaluate_halves` on the same halves,
             to skip those evaluations.
         fraction: share of the forget people that are relearned (the rest are held out).
         source: relearning data: ``forget`` (the relearned people), ``retain`` or ``unrelated``.
         lr, epochs, seed, batch_size: of the relearning run (AdamW, constant LR, clip 1.0).
-        modality: training samples used: ``vqa``, ``qa`` or ``both``.
+        modality: training samples used: ``vqa``, ``qa`` or ``both`` (default :func:`default_modality`).
         save_model: also save the relearned model to ``out/model``.
         progress: ``(stage, done, total)`` callback of the training loop.
 
@@ -314,56 +353,58 @@ def relearn(
         The summary written to ``relearn.json``: config, people, training info, ``metrics``
         (original / unlearned / relearned, each per half and retain), ``forgotten`` and ``recovery``.
     """
-    from forgetlab.eval.runner import load_eval_sets
     from forgetlab.models.load import load
     from forgetlab.train.unlearn import UnlearnConfig, UnlearnRecipe, check_output_dir
 
-    unlearned, data, out = Path(unlearned), Path(data), Path(out)
+    unlearned, out = Path(unlearned), Path(out)
+    modality = modality or default_modality(data)
     if modality not in MODALITIES:
         raise ValueError(f"unknown modality {modality!r}; choose one of {list(MODALITIES)}")
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}; choose one of {list(SOURCES)}")
-    if original is None and original_metrics is None:
-        raise ValueError("give the original model (original=PATH) or its metrics (original_metrics=...)")
+    if original is None and original_view is None:
+        raise ValueError("give the original model (original=PATH) or its view (original_view=...)")
     if out.exists() and not out.is_dir():
         raise ValueError(f"output {out} exists and is not a folder")
     if save_model:
         check_output_dir(out / "model")  # before training, not after
+    ratio = data.forget_percent if data.name == "mllmu" else 10
     config = UnlearnConfig(
-        method="relearn", forget_ratio=forget_ratio, lr=lr, epochs=epochs, seed=seed, batch_size=batch_size,
+        method="relearn", forget_ratio=ratio, lr=lr, epochs=epochs, seed=seed, batch_size=batch_size,
         forget_modality=modality,  # type: ignore[arg-type]
     )  # fmt: skip
-    people = split_people(split_ids(data, forget_split(forget_ratio)), fraction, seed)
-    train = relearn_samples(data, forget_ratio, people["relearned_people"], source=source, modality=modality, seed=seed)
-    sets = load_eval_sets(data, forget_ratio, EVAL_SETS)
+    people = split_people(forget_people(data), fraction, seed)
+    train = relearn_samples(data, people["relearned_people"], source=source, modality=modality, seed=seed)
 
-    if original_metrics is not None:
-        _check_metrics(original_metrics, people, "original_metrics")
+    if original_view is not None:
+        _check_view(original_view, people, "original_view")
     else:
-        original_metrics = _evaluate_path(original, data, forget_ratio, people, sets)  # type: ignore[arg-type]
-    if unlearned_metrics is not None:
-        _check_metrics(unlearned_metrics, people, "unlearned_metrics")
+        original_view = evaluate_path(original, data, people)  # type: ignore[arg-type]
+    if unlearned_view is not None:
+        _check_view(unlearned_view, people, "unlearned_view")
     elif original is not None and Path(original).resolve() == unlearned.resolve():
-        unlearned_metrics = original_metrics  # the same folder: one evaluation
+        unlearned_view = original_view  # the same folder: one evaluation
 
     model, processor = load(unlearned)
-    if unlearned_metrics is None:
-        model.to("cuda" if torch.cuda.is_available() else "cpu")
-        unlearned_metrics = evaluate_halves(model, processor, data, forget_ratio, people, sets)
+    model.to(_device())
+    if unlearned_view is None:
+        unlearned_view = evaluate_halves(model, processor, data, people)
     recipe = UnlearnRecipe(config)
     recipe.setup(model, processor, train, [])
     recipe.train(progress)
     trained = recipe.accelerator.unwrap_model(recipe.model)
-    relearned_metrics = evaluate_halves(trained, processor, data, forget_ratio, people, sets)
+    relearned_view = evaluate_halves(trained, processor, data, people)
 
-    metrics = {"original": original_metrics, "unlearned": unlearned_metrics, "relearned": relearned_metrics}
+    views = {"original": original_view, "unlearned": unlearned_view, "relearned": relearned_view}
     summary: dict[str, Any] = {
         "unlearned_model": str(unlearned),
         "original_model": None if original is None else str(original),
-        "data": str(data),
+        "data": str(data.root),
+        "benchmark": data.name,
         "config": {
-            "forget_ratio": forget_ratio, "fraction": fraction, "source": source, "lr": lr, "epochs": epochs,
-            "seed": seed, "modality": modality, "batch_size": batch_size, "min_forgotten": MIN_FORGOTTEN,
+            "forget_percent": data.forget_percent, "fraction": fraction, "source": source, "lr": lr,
+            "epochs": epochs, "seed": seed, "modality": modality, "batch_size": batch_size,
+            "min_forgotten": MIN_FORGOTTEN,
         },
         "people": people,
         "train": {
@@ -373,12 +414,12 @@ def relearn(
             "last_nll": recipe.log[-1].get("forget_nll") if recipe.log else None,
             "seconds": recipe.timings.get("train_s"),
         },
-        "metrics": {k: {p: v for p, v in m.items() if p != "people"} for k, m in metrics.items()},
-        "forgotten": forgotten(original_metrics, unlearned_metrics),
-        "recovery": recoveries(original_metrics, unlearned_metrics, relearned_metrics),
+        "metrics": {k: {p: v for p, v in m.items() if p != "people"} for k, m in views.items()},
+        "forgotten": forgotten(original_view, unlearned_view),
+        "recovery": recoveries(original_view, unlearned_view, relearned_view),
     }  # fmt: skip
     if save_model:
-        recipe.save(out / "model", model=str(unlearned), data=str(data), relearn=summary["config"])
+        recipe.save(out / "model", model=str(unlearned), data=str(data.root), relearn=summary["config"])
     write_json(out / "relearn.json", summary)
     return summary
 
@@ -389,24 +430,27 @@ def relearn(
 def relearn_command(
     model: Annotated[Path, typer.Option(help="unlearned model folder (the attack's starting point)")],
     original: Annotated[Path, typer.Option(help="model folder before unlearning")],
-    data: Annotated[Path, typer.Option(help="benchmark folder (MLLMU-Bench layout)")],
+    data: Annotated[Path, typer.Option(help="benchmark folder")],
     out: Annotated[Path, typer.Option(help="output folder for relearn.json")],
-    forget_ratio: Annotated[int, typer.Option(help="5, 10 or 15")] = 10,
+    benchmark: Annotated[str, typer.Option(help="layout of --data: mllmu, clear or tofu")] = "mllmu",
+    forget_ratio: Annotated[int, typer.Option(help="forget percentage (MLLMU-Bench: 5, 10 or 15)")] = 10,
     fraction: Annotated[float, typer.Option(help="share of the forget people relearned; the rest are held out")] = 0.5,
     source: Annotated[str, typer.Option(help="relearning data: forget, retain or unrelated")] = "forget",
     lr: Annotated[float, typer.Option(help="learning rate")] = 1e-4,
     epochs: Annotated[int, typer.Option(help="passes over the relearning data")] = 1,
     seed: Annotated[int, typer.Option(help="seed of the halves, the data order and the run")] = 0,
-    modality: Annotated[str, typer.Option(help="training samples: vqa, qa or both")] = "vqa",
+    modality: Annotated[str | None, typer.Option(help="training samples: vqa, qa or both (default vqa; qa on TOFU)")] = None,
     save_model: Annotated[bool, typer.Option(help="also save the relearned model to OUT/model")] = False,
 ) -> None:
     """Relearning attack: fine-tune on part of the forgotten people, measure recovery on the held-out rest."""
+    from forgetlab.benchmarks import load_benchmark
     from forgetlab.train.commands import clean_errors, lazy_progress, set_threads
 
     set_threads()
     with clean_errors(), lazy_progress("relearn") as update:
+        bench = load_benchmark(benchmark, data, forget_ratio, generation=False)
         summary = relearn(
-            model, data, forget_ratio, out, original=original, fraction=fraction, source=source, lr=lr,
+            model, bench, out, original=original, fraction=fraction, source=source, lr=lr,
             epochs=epochs, seed=seed, modality=modality, save_model=save_model, progress=update,
         )  # fmt: skip
     _print_summary(summary)
@@ -421,8 +465,8 @@ def _print_summary(summary: Mapping[str, Any]) -> None:
     for col in ("people", "metric", "original", "unlearned", "relearned", "recovery"):
         table.add_column(col, justify="left" if col in ("people", "metric") else "right")
     m, rec = summary["metrics"], summary["recovery"]
-    for part, names in [*((h, FORGET_METRICS) for h in HALVES), ("retain", RETAIN_METRICS)]:
-        for name in names:
+    for part in (*HALVES, "retain"):
+        for name in rec[part]:
             cells = [m[k][part].get(name) for k in ("original", "unlearned", "relearned")] + [rec[part][name]]
             label, metric = part.removesuffix("_people").replace("_", "-"), name.removesuffix("_acc")
             table.add_row(label, metric, *("-" if v is None else f"{v:.2f}" for v in cells))

@@ -1,4 +1,4 @@
-"""The verdict: is an unlearned model's forgetting reversible, and was it catastrophic? (SPEC §6)
+"""The verdict: is an unlearned model's forgetting reversible, and was it catastrophic? (``docs/verification.md``)
 
 Evidence (a flat dict; a missing, ``None`` or NaN value is "unavailable"):
 
@@ -9,12 +9,12 @@ Evidence (a flat dict; a missing, ``None`` or NaN value is "unavailable"):
 * ``cka_median``, ``cka_mean`` — debiased CKA to the original over the LLM decoder blocks,
   and ``cka_frac_below`` — the fraction of those blocks with CKA < :data:`CKA_LAYER_MIN`;
 * ``pca_similarity`` — mean |cos| of the first principal directions over the same blocks;
-* ``retain_vqa_acc``, ``retain_qa_acc`` of the unlearned model and ``orig_retain_vqa_acc``,
-  ``orig_retain_qa_acc`` of the original.
+* the benchmark's retain metrics of the unlearned model (``retain_vqa_acc``, ``retain_qa_acc`` on
+  MLLMU-Bench; ``retain_prob``... on TOFU) and the original's, prefixed ``orig_``.
 
 The rule (thresholds are the named constants below):
 
-1. **Catastrophic** when retain VQA or retain QA accuracy fell below
+1. **Catastrophic** when a retain metric (e.g. retain VQA or retain QA accuracy) fell below
    :data:`RETAIN_MIN_RATIO` × the original's (checked on whichever ratios are available;
    undetermined when none is).
 2. **Nothing forgotten** when ``forget_drop < MIN_FORGOTTEN``: reversibility is moot and the
@@ -80,12 +80,12 @@ def _value(evidence: Mapping[str, Any], key: str) -> float | None:
 
 def _catastrophic(ev: Mapping[str, Any]) -> tuple[bool | None, str]:
     ratios = {}
-    for m in ("vqa", "qa"):
-        now, orig = _value(ev, f"retain_{m}_acc"), _value(ev, f"orig_retain_{m}_acc")
+    for key in (k for k in ev if k.startswith("retain_")):
+        now, orig = _value(ev, key), _value(ev, f"orig_{key}")
         if now is not None and orig is not None and orig > 0:
-            ratios[m] = now / orig
+            ratios[key.removeprefix("retain_").removesuffix("_acc")] = now / orig
     if not ratios:
-        return None, "catastrophe undetermined (missing retain_vqa_acc/retain_qa_acc with their orig_ values)"
+        return None, "catastrophe undetermined (no retain metric with its orig_ value)"
     low = {m: r for m, r in ratios.items() if r < RETAIN_MIN_RATIO}
     shown = ", ".join(f"retain {m} {r:.2f}x original" for m, r in ratios.items())
     if low:
@@ -150,9 +150,9 @@ def evidence_from_relearn(summary: Mapping[str, Any]) -> dict[str, float | None]
         "recovery_held_out": summary["recovery"]["headline"][half],
         "forget_drop": max(drops) if drops else None,
     }
-    for m in ("vqa", "qa"):
-        out[f"retain_{m}_acc"] = metrics["unlearned"]["retain"].get(f"retain_{m}_acc")
-        out[f"orig_retain_{m}_acc"] = metrics["original"]["retain"].get(f"retain_{m}_acc")
+    for key in (k for k in metrics["original"]["retain"] if not k.endswith("_n")):
+        out[key] = metrics["unlearned"]["retain"].get(key)
+        out[f"orig_{key}"] = metrics["original"]["retain"].get(key)
     return out
 
 

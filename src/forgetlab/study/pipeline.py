@@ -1,0 +1,328 @@
+"""The one study pipeline: every study (``forgetlab run STUDY``, ``forgetlab demo``) runs here.
+
+Read top to bottom in :func:`run_study`:
+
+1. **benchmark**: the embedded one is generated into ``<out>/data`` (kept when already there), a
+   folder benchmark is read where it is; its content hash goes into the manifest.
+2. **original model**: the shipped one (copied when its recipe and data match, else trained), one
+   fine-tuned here (``<out>/models/original``), or a local folder.
+3. **one job graph** on one-thread worker processes (:func:`forgetlab.parallel.run_jobs`): the
+   original's evaluation, each method's runs (:func:`forgetlab.study.sweep.sweep_method`), each
+   regime, and the original's verification baselines side by side; a method's chosen run is
+   verified (:func:`forgetlab.verify.assess.verify_model`) as soon as its runs and the baselines
+   exist.
+4. ``metrics.json`` and ``report.html`` (:mod:`forgetlab.study.report`).
+
+Every stage is resumable after SIGKILL: results are memoised beside what they were computed from
+(:mod:`forgetlab.cache`), model folders are written atomically, and ``manifest.json`` records the
+configuration, environment, data hash, seeds and finished stages (:class:`forgetlab.manifest.RunManifest`).
+Paths inside ``metrics.json`` are relative to the run folder, so two runs of one study compare equal.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from forgetlab.benchmarks import BenchmarkData, load_benchmark
+from forgetlab.cache import memo, model_key
+from forgetlab.eval.undefined import with_notes
+from forgetlab.io import write_json, write_jsonl
+from forgetlab.lock import check_not_input, locks_output
+from forgetlab.manifest import RunManifest
+from forgetlab.parallel import default_workers, run_jobs, worker_pool
+from forgetlab.progress import progress_bar
+from forgetlab.study.config import RegimeSpec, StudyConfig
+from forgetlab.study.sweep import ROWS, resolve_selection, sweep_method, with_choice
+from forgetlab.verify.assess import VERIFY_KEYS, VerifySettings, verify_baseline, verify_model
+
+
+@dataclass(frozen=True)
+class DataRef:
+    """What a worker needs to load the study's benchmark (loaded once per process)."""
+
+    kind: str
+    root: str
+    percent: int
+    text: bool = True
+    seed: int = 0
+
+    def load(self) -> BenchmarkData:
+        return _load(self)
+
+
+@functools.lru_cache(maxsize=2)
+def _load(ref: DataRef) -> BenchmarkData:
+    return load_benchmark(ref.kind, Path(ref.root), ref.percent, text=ref.text, seed=ref.seed)
+
+
+# --------------------------------------------------------------------------- benchmark and original
+
+
+def _synth(study: StudyConfig, data: Path, console: Console) -> None:
+    """Generate the embedded benchmark into ``data`` unless it already holds the same one."""
+    import json
+
+    from forgetlab.data.synth import VERSION, write_benchmark
+
+    b = study.benchmark
+    marker = data / "forgetlab_synth.json"
+    wanted = {"people": b.people, "seed": b.seed, "version": VERSION, "train_views": b.train_views}
+    if marker.exists() and all(json.loads(marker.read_text()).get(k) == v for k, v in wanted.items()):
+        console.print(f"[dim]benchmark cached at {data}[/]")
+        return
+    console.print(f"generating the synthetic benchmark ({b.people} people) ...")
+    write_benchmark(data, people=b.people, seed=b.seed, train_views=b.train_views)
+
+
+def _folder_digest(root: Path) -> str:
+    """A cheap identity of a downloaded benchmark: every file's path, size and mtime."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        st = path.stat()
+        h.update(f"{path.relative_to(root).as_posix()}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def prepare_benchmark(study: StudyConfig, out: Path, console: Console) -> tuple[DataRef, str]:
+    """The benchmark's folder (generated for the embedded one) and its content digest."""
+    from forgetlab.data.synth import benchmark_digest
+
+    b = study.benchmark
+    if b.kind == "embedded":
+        root = out / "data"
+        _synth(study, root, console)
+        return DataRef("mllmu", str(root), study.forget_ratio), benchmark_digest(root)
+    return DataRef(b.kind, str(b.path), study.forget_ratio, b.text, b.seed), _folder_digest(b.path)
+
+
+def prepare_original(study: StudyConfig, data: Path, digest: str, out: Path, console: Console) -> tuple[Path, str]:
+    """The original model's folder and where it came from (``shipped``, ``trained``, ``cached``, ``path``)."""
+    from forgetlab.io import atomic_dir
+    from forgetlab.models.load import check_model_folder
+    from forgetlab.train.finetune import SHIPPED_ORIGINAL, FinetuneConfig, finetune, load_summary, trained_as
+
+    m = study.model
+    if m.source == "path":
+        check_model_folder(m.path, hub_id=m.hub_id)  # type: ignore[arg-type]
+        return Path(m.path), "path"  # type: ignore[arg-type]
+    seed = study.benchmark.seed if study.benchmark.kind == "embedded" else 0
+    config = m.finetune or FinetuneConfig(seed=seed)
+    model_dir = out / "models" / "original"
+    if trained_as(model_dir, config, digest):
+        console.print(f"[dim]original model cached at {model_dir}[/]")
+        return model_dir, "cached"
+    if m.source == "shipped" and trained_as(SHIPPED_ORIGINAL, config, digest):
+        with atomic_dir(model_dir) as tmp:
+            shutil.copytree(SHIPPED_ORIGINAL, tmp, dirs_exist_ok=True)
+        seconds = load_summary(model_dir)["total_seconds"]
+        console.print(f"original model: the one shipped with forgetlab (same config and data; trained in "
+                      f"{seconds:.0f} s); model.source=finetune trains it here")  # fmt: skip
+        return model_dir, "shipped"
+    with progress_bar("knowledge injection", console) as update:
+        summary = finetune(data, model_dir, config, progress=update)
+    console.print(f"original model trained in {summary['seconds']:.0f} s")
+    return model_dir, "trained"
+
+
+# --------------------------------------------------------------------------- jobs (top level: they are pickled)
+
+
+def evaluate_original(out: Path, ref: DataRef, original: Path) -> dict:
+    """The original model on every evaluation set, generation metrics included (memoised): ``{metrics, rows}``."""
+    from forgetlab.benchmarks import evaluate_benchmark
+    from forgetlab.models.load import load
+
+    def compute() -> dict:
+        model, processor = load(original)
+        metrics, rows = evaluate_benchmark(ref.load(), model, processor, generation=True)
+        return {"metrics": metrics, "rows": rows}
+
+    return memo(out / "cache" / "original_eval.json", model_key(original), compute)
+
+
+def sweep_job(study: StudyConfig, index: int, original: Path, ref: DataRef, models: Path) -> dict:
+    return sweep_method(study, study.runs[index], original, ref.load(), models)
+
+
+def regime_job(study: StudyConfig, regime: RegimeSpec, out: Path, ref: DataRef, original: Path) -> dict:
+    """Unlearn one regime (kept when finished) and evaluate it (memoised): its metrics row."""
+    from forgetlab.benchmarks import evaluate_benchmark
+    from forgetlab.models.load import load
+    from forgetlab.verify.regimes import run_regime
+
+    config = study.regime_config(regime)
+    path = run_regime(regime.name, regime.requests, config, original, Path(ref.root), ref.percent,
+                      out / "models" / regime.name)  # fmt: skip
+
+    def compute() -> dict:
+        model, processor = load(path)
+        return evaluate_benchmark(ref.load(), model, processor, generation=False)[0]
+
+    metrics = memo(out / "cache" / f"{regime.name}_eval.json", model_key(path), compute)
+    about = {"method": regime.method, "lr": regime.lr, "requests": regime.requests, "title": regime.title,
+             "expected": regime.expected, "path": str(path.relative_to(out))}  # fmt: skip
+    return metrics | about
+
+
+def baseline_job(out: Path, ref: DataRef, original: Path, settings: VerifySettings) -> dict:
+    """The original's verification baselines (memoised): its view of the attack and its MIA AUCs."""
+    key = model_key(original) | {"settings": settings.model_dump(mode="json")}
+    return memo(out / "cache" / "original_verify.json", key, lambda: verify_baseline(original, ref.load(), settings))
+
+
+def verify_job(out: Path, ref: DataRef, original: Path, name: str, path: Path, settings: VerifySettings,
+               baseline: dict) -> dict:  # fmt: skip
+    """:func:`~forgetlab.verify.assess.verify_model` of one model; a run's saved answers stand in for the
+    unlearned model's evaluation in the relearning attack."""
+    import json
+
+    from forgetlab.verify.relearn import halves_from
+
+    data = ref.load()
+    view = None
+    if (path / ROWS).exists() and (path / "eval.json").exists():
+        rows = [json.loads(line) for line in (path / ROWS).read_text().splitlines()]
+        metrics = json.loads((path / "eval.json").read_text())["value"]
+        view = halves_from(data.name, rows, metrics, baseline["halves"]["people"])
+    return verify_model(original, path, data, out / "verify" / name, settings=settings, baseline=baseline,
+                        unlearned_view=view, cache_dir=out / "verify" / "features")  # fmt: skip
+
+
+# --------------------------------------------------------------------------- the study
+
+
+def describe(study: StudyConfig) -> dict[str, Any]:
+    """What the manifest records as the configuration (the output folder and worker count aside:
+    results do not depend on them)."""
+    return study.model_dump(mode="json", exclude={"output", "workers"})
+
+
+def seeds(study: StudyConfig) -> dict[str, Any]:
+    b = study.benchmark
+    return {
+        "benchmark": b.seed,
+        "runs": sorted({s for r in study.runs for s in study.run_seeds(r)}),
+        "verify": study.verify.seed,
+    }
+
+
+@locks_output(lambda study, out, *args, **kwargs: out)
+def run_study(study: StudyConfig, out: Path, console: Console | None = None) -> dict:
+    """Run every stage of ``study`` into ``out``; returns the content of ``metrics.json``."""
+    console = console or Console(stderr=True)
+    t0 = clock = time.time()
+    out = Path(out)
+    inputs = {"model": study.model.path, "benchmark": getattr(study.benchmark, "path", None)}
+    check_not_input(out, inputs)
+    manifest = RunManifest(out, describe(study), seeds(study))
+    if manifest.resumed:
+        console.print(f"[dim]resuming {out}: finished earlier: {', '.join(manifest.resumed)}[/]")
+    timings: dict[str, float] = {}
+
+    def lap(stage: str, **info: Any) -> None:
+        nonlocal clock
+        timings[stage] = round(time.time() - clock, 1)
+        manifest.finish(stage, timings[stage], **info)
+        clock = time.time()
+
+    ref, digest = prepare_benchmark(study, out, console)
+    manifest.record_data("benchmark", digest)
+    lap("benchmark")
+    original, source = prepare_original(study, Path(ref.root), digest, out, console)
+    lap("original", original=source)
+
+    v = study.verify
+    verify = v.enabled and bool(study.runs or v.regimes)
+    regimes = {r.name: r for r in v.regimes} if verify else {}
+    selection = resolve_selection(study.selection, ref.kind)
+    workers = study.workers or default_workers()
+    jobs: dict[str, tuple] = {"original": (evaluate_original, (out, ref, original))}
+    order = sorted(range(len(study.runs)), key=lambda i: study.runs[i].method != "mmunlearner")  # the longest first
+    jobs |= {study.runs[i].method: (sweep_job, (study, i, original, ref, out / "models")) for i in order}
+    if verify:
+        jobs |= {name: (regime_job, (study, r, out, ref, original)) for name, r in regimes.items()}
+        jobs["baseline"] = (baseline_job, (out, ref, original, v.settings()))
+    methods = {r.method for r in study.runs}
+    unlearning = set(jobs) - {"original", "baseline"}
+    to_verify: dict[str, Path] = {}
+    baseline: dict[str, Any] = {}
+
+    def then(name: str, result: Any) -> dict[str, tuple]:
+        if name == "baseline":
+            baseline.update(result)
+        if name == "original":
+            lap("evaluate original")
+        unlearning.discard(name)
+        if name in methods | set(regimes) and not unlearning:
+            lap("unlearn")
+        if name in regimes:
+            to_verify[name] = out / result["path"]
+        elif name in methods and verify:
+            rows = with_choice(result, selection)
+            to_verify.update({k: out / "models" / k for k, m in rows.items() if m["chosen"] or v.models == "all"})
+        if not baseline:
+            return {}
+        # the report draws every model's curves itself; only the regimes' Fisher histograms come from PNGs
+        ready = {f"verify {k}": (verify_job, (out, ref, original, k, path, v.settings(plots=k in regimes), baseline))
+                 for k, path in to_verify.items()}  # fmt: skip
+        to_verify.clear()
+        return ready
+
+    title = "unlearning and verifying" if verify else "unlearning" if study.runs else "evaluating"
+    with worker_pool(workers) as pool, progress_bar(f"{title} ({workers} workers)", console) as update:
+        done = run_jobs(pool, jobs, update, then)
+    first = done["original"]
+    write_jsonl(out / "answers" / "original.jsonl", first["rows"])
+    models: dict[str, dict] = {"original": first["metrics"] | {"method": "original", "lr": None}}
+    runs: dict[str, dict] = {}
+    for r in study.runs:
+        runs |= with_choice(done[r.method], selection)
+    models |= runs
+    regime_rows = {name: done[name] for name in regimes}
+    if verify:
+        models["original"]["mia"] = done["baseline"]["mia"]
+        for name in (k.removeprefix("verify ") for k in done if k.startswith("verify ")):
+            row = models[name] if name in models else regime_rows[name]
+            row |= {k: done[f"verify {name}"][k] for k in VERIFY_KEYS}
+        lap("verify")
+    metrics = {
+        "study": study.name,
+        "benchmark": {"kind": study.benchmark.kind, "layout": ref.kind, "forget_ratio": study.forget_ratio,
+                      "digest": digest},  # fmt: skip
+        "original": source,
+        "protocol": "loglik",
+        "selection": {"forget_metric": selection[0], "target": selection[1], "kept": list(selection[2])},
+        "models": models,
+        "regimes": regime_rows,
+        "seconds": round(time.time() - t0, 1),
+        "stage_seconds": dict(timings),  # this invocation's wall time per stage (a cached stage costs ~0)
+    }
+    metrics = with_notes(metrics)  # null + a note where a metric is undefined
+    write_json(out / "metrics.json", metrics)
+    lap("metrics")
+    if study.report.enabled:
+        from forgetlab.study.report import write_report
+
+        write_report(study, out, ref.load(), metrics, first["rows"])
+        lap("report")
+    return metrics
+
+
+def check_inputs(study: StudyConfig) -> None:
+    """The model and benchmark folders a study names exist and hold what it needs (nothing is loaded)."""
+    from forgetlab.benchmarks import check_folder
+    from forgetlab.models.load import check_model_folder
+
+    if study.model.source == "path":
+        check_model_folder(study.model.path, hub_id=study.model.hub_id)  # type: ignore[arg-type]
+    b = study.benchmark
+    if b.kind != "embedded":
+        check_folder(b.kind, b.path, study.forget_ratio)

@@ -1,0 +1,191 @@
+"""The one report builder: ``report.html`` of a study, a section wherever its data exists.
+
+Every study gets the results table; runs add the trade-off plot (when the benchmark has forget QA and
+retain VQA accuracies) and the table of every run; verified models add the verification table, the
+relearning plot and the per-layer probe curves; regimes add their own section and Fisher histograms;
+MLLMU-Bench layouts add example cards of forgotten people with the answers of the original, the
+unlearned and the relearned model. So an MLLMU-Bench, CLEAR or TOFU study gets the same report.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from forgetlab.benchmarks import COLUMNS, BenchmarkData
+from forgetlab.cache import memo, model_key
+from forgetlab.report.html import (
+    MAIN_COLUMNS,
+    ExampleCard,
+    Report,
+    esc,
+    example_cards,
+    figure,
+    metrics_table,
+    verdict_table,
+)
+from forgetlab.report.plots import depth_plot, relearning_plot, tradeoff_plot
+from forgetlab.study.config import StudyConfig
+
+#: the verification's headline numbers, after the accuracies
+VERIFY_COLUMNS = (("mia_auc", "MIA AUC (LOSS)"), ("recovery_held_out", "Recovery, held-out"), ("verdict", "Verdict"))
+
+
+def _columns(layout: str) -> tuple[tuple[str, str], ...]:
+    return MAIN_COLUMNS if layout == "mllmu" else COLUMNS[layout]
+
+
+def _with_verification(models: dict[str, dict]) -> dict[str, dict]:
+    """Each model's row plus its MIA LOSS AUC (VQA, else QA) and its held-out recovery, as flat columns."""
+    rows = {}
+    for name, m in models.items():
+        mia = m.get("mia") or {}
+        auc = (mia.get("vqa") or mia.get("qa") or {}).get("loss")
+        recovery = ((m.get("relearn") or {}).get("recovery") or {}).get("headline", {}).get("held_out_people")
+        rows[name] = m | {"mia_auc": auc, "recovery_held_out": recovery}
+    return rows
+
+
+def _relearn_stages(out: Path, name: str) -> dict:
+    """The original / unlearned / relearned metrics on both halves, from the model's ``relearn.json``."""
+    path = out / "verify" / name / "relearn" / "relearn.json"
+    return json.loads(path.read_text()).get("metrics", {}) if path.exists() else {}
+
+
+def write_report(study: StudyConfig, out: Path, data: BenchmarkData, metrics: dict, original_rows: list[dict]) -> None:
+    """Write ``out/report.html`` from a study's ``metrics.json`` content and its run folders."""
+    models, regimes = metrics["models"], metrics["regimes"]
+    layout = data.name
+    forget_metric = metrics["selection"]["forget_metric"]
+    runs = {k: m for k, m in models.items() if k != "original"}
+    bench = study.benchmark
+    where = (f"embedded benchmark, {bench.people} people, seed {bench.seed}" if bench.kind == "embedded"
+             else f"{bench.kind} at {bench.path}")  # fmt: skip
+    report = Report(study.report.title or study.name, f"{where}, forget {study.forget_ratio}%")
+    chosen = {"original": models["original"]} | {k: m for k, m in runs.items() if m.get("chosen")}
+    cols = (*_columns(layout), *VERIFY_COLUMNS)
+    report.add(
+        "Results (each method at its chosen learning rate)",
+        metrics_table(_with_verification(chosen), cols, "original", shade=[k for k, _ in _columns(layout)])
+        + f"<p class='muted'>Chosen run per method: {esc(forget_metric)} &le; {metrics['selection']['target']} "
+        f"keeping the most of {esc(' + '.join(metrics['selection']['kept']))} (else the lowest "
+        f"{esc(forget_metric)}). Green: within 0.05 of the original. MIA AUC: LOSS attack, forget set vs "
+        "non-members (0.5 = indistinguishable); recovery: share of the lost accuracy that relearning "
+        "<em>other</em> forgotten people brings back on the held-out ones.</p>",
+    )
+    if runs and all(k in models["original"] for k in ("forget_vqa_acc", "forget_qa_acc", "retain_vqa_acc")):
+        report.add(
+            "Trade-off: forgetting the face vs keeping text knowledge and perception",
+            figure(tradeoff_plot(runs, models["original"]), "one curve per method, points = learning rates"),
+        )
+    verified = {k: m for k, m in chosen.items() if "verdict" in m} | {
+        k: m for k, m in runs.items() if "verdict" in m and not m.get("chosen")
+    }
+    if verified:
+        report.add(
+            "Is the forgetting real? Relearning attack, representations, membership inference, verdict",
+            verdict_table(verified)
+            + f"<p class='muted'>Relearning: {study.verify.relearn.epochs} epoch(s) of fine-tuning on "
+            f"{study.verify.relearn.fraction:.0%} of the forgotten people; recovery = (relearned − unlearned) / "
+            "(original − unlearned), on the relearned and on the held-out people. CKA: debiased linear CKA to "
+            "the original over the LLM blocks. Hover a verdict for the rule.</p>",
+        )
+        stages = {k: _relearn_stages(out, k) for k in [*verified, *regimes]}
+        key = "forget_vqa_acc" if layout != "tofu" else "forget_prob"
+        report.add(
+            "Relearning attack: forgetting before, after unlearning, after relearning",
+            figure(relearning_plot({k: s for k, s in stages.items() if s}, key),
+                   "each line: one model; left the people relearned, right the held-out people"),
+        )  # fmt: skip
+        report.add(
+            "Representations per layer: each verified model vs the original",
+            figure(depth_plot({k: m["probe"] for k, m in verified.items()}, "vs the original model"),
+                   "solid: unlearned; dashed: after the relearning attack"),
+        )  # fmt: skip
+    if any("verdict" in r for r in regimes.values()):
+        rows = {r["title"]: r for r in regimes.values()}
+        report.add(
+            "Reversible or irreversible? The reference regimes",
+            verdict_table(rows)
+            + "<p class='muted'>Expected (source paper): "
+            + "; ".join(f"{esc(r['title'])} → {esc(r['expected'])}" for r in regimes.values())
+            + "</p>"
+            + figure(depth_plot({r["title"]: r["probe"] for r in regimes.values()}, "regimes vs the original model"),
+                     "solid: unlearned; dashed: after the relearning attack"),
+        )  # fmt: skip
+        for name, r in regimes.items():
+            fisher = out / "verify" / name / "probe" / "fisher_hist.png"
+            if fisher.exists():
+                report.add(f"Fisher information: {r['title']}",
+                           figure(fisher.read_bytes(), "diagonal Fisher per layer: original, unlearned, relearned"))  # fmt: skip
+    if runs:
+        report.add("Every run (method@learning rate)", metrics_table(runs, _columns(layout), baseline=None))
+    if layout == "mllmu" and study.report.examples:
+        samples, answers, notes = example_answers(out, data, original_rows, models, study.report.examples)
+        report.add(
+            "Forgotten people: answers before unlearning, after it, and after the relearning attack",
+            example_cards(_examples(samples, answers, notes))
+            + "<p class='muted'>(relearned) / (held out): whether the relearning attack trained on this person.</p>",
+        )
+    report.write(out / "report.html")
+
+
+# --------------------------------------------------------------------------- example cards (MLLMU-Bench layouts)
+
+
+def _card_samples(data: BenchmarkData, n: int) -> list:
+    """The MCQs (image and text) of the first ``n`` forgotten people."""
+    samples = [s for s in data.eval_sets["forget"] if s.task == "classification"]
+    people = list(dict.fromkeys(s.person_id for s in samples))[:n]
+    return [s for s in samples if s.person_id in people]
+
+
+def _predictions(model_dir: Path, samples: list) -> list[str | None]:
+    """The letter a model folder picks for each sample (log-likelihood protocol)."""
+    from forgetlab.eval.mcq import answer_mcq
+    from forgetlab.models.load import load
+
+    model, processor = load(model_dir)
+    return [c.predicted for c in answer_mcq(model, processor, samples)]
+
+
+def _examples(samples: list, answers: dict[str, list[str | None]], notes: dict[str, str]) -> list[ExampleCard]:
+    """One card per person: the image, then each question with every model's answer (✓/✗) and the truth."""
+    cards: dict[str, ExampleCard] = {}
+    for i, s in enumerate(samples):
+        if s.person_id not in cards:
+            image = next((x.image for x in samples if x.person_id == s.person_id and x.image is not None), None)
+            title = s.person_id + (f" ({notes[s.person_id]})" if s.person_id in notes else "")
+            cards[s.person_id] = ExampleCard(title=title, image=image)
+        said = []
+        for label, letters in answers.items():
+            got = (s.options or {}).get(letters[i] or "", "?")
+            said.append(f"{label}: {got} {'✓' if letters[i] == s.correct else '✗'}")
+        cards[s.person_id].lines.append((s.question, " · ".join(said) + f" (truth: {s.answer})", None))
+    return list(cards.values())
+
+
+def example_answers(out: Path, data: BenchmarkData, original_rows: list[dict], models: dict[str, Any],
+                    n: int) -> tuple:  # fmt: skip
+    """(samples, answers, notes) of the example cards: the original's answers and, for MMUnlearner's
+    chosen run (else the first verified run), the unlearned and the relearned model's (memoised)."""
+    samples = _card_samples(data, n)
+    mcq = [r for r in original_rows if r["task"] == "classification" and r["set"] == "forget"]
+    by_q = {(r["id"], r["question"]): r for r in mcq}
+    answers = {"original": [(by_q.get((s.person_id, s.question)) or {}).get("predicted") for s in samples]}
+    verified = [k for k, m in models.items() if m.get("chosen") and "relearn" in m]
+    name = next((k for k in verified if models[k]["method"] == "mmunlearner"), verified[0] if verified else None)
+    notes: dict[str, str] = {}
+    if name is None:
+        return samples, answers, notes
+    relearned = out / "verify" / name / "relearn" / "model"
+    for label, path in ((name, out / "models" / name), ("after relearning", relearned)):
+        if (path / "config.json").exists():
+            key = model_key(path) | {"questions": [s.question + s.person_id for s in samples]}
+            answers[label] = memo(out / "cache" / f"examples_{path.parent.name}_{path.name}.json", key,
+                                  lambda path=path: _predictions(path, samples))  # fmt: skip
+    people = models[name]["relearn"].get("people") or {}
+    notes = {p: "relearned" for p in people.get("relearned_people", [])}
+    notes |= {p: "held out" for p in people.get("held_out_people", [])}
+    return samples, answers, notes
