@@ -1,6 +1,6 @@
 """Diagonal Fisher importance, ``I[j] = E[(dL/dθ_j)^2]``, for selected parameters.
 
-Two estimators (SPEC §2):
+Two estimators (``docs/reference.md#importance``):
 
 * ``batch`` — square the gradient of each *batch*-mean loss, average over batches. This is
   what the MMUnlearner reference computes; it costs one forward+backward per batch, the

@@ -109,8 +109,8 @@ def test_torch_and_numpy_inputs_agree_and_return_float():
     assert linear_cka(torch.tensor(x), torch.tensor(y)) == pytest.approx(a, rel=1e-12)
 
 
-def test_spec_warning_biased_inflated_when_n_much_smaller_than_d():
-    """SPEC §7: independent data, n = 40, d = 3584: biased CKA ≈ 0.99, debiased ≈ 0.
+def test_biased_cka_inflated_when_n_much_smaller_than_d():
+    """docs/reference.md#cka: independent data, n = 40, d = 3584: biased CKA ≈ 0.99, debiased ≈ 0.
 
     Debiased CKA has a sampling sd of ≈ 0.025 here, so the test averages 5 seeds.
     """

@@ -6,8 +6,8 @@ MCQ options) and which tokens carry the loss:
 * ``span="answer"`` — only the answer tokens (and the end-of-turn token) are supervised;
 * ``span="full"`` — every text token of prompt and answer is supervised, padding and
   image placeholders excluded. This is what the MMUnlearner/MLLMU-Bench reference code
-  does, and the feasibility notes show it is what makes VQA-only gradient ascent reach
-  the LLM's text knowledge. Every result records which span it used.
+  does, and what lets VQA-only gradient ascent reach the LLM's text knowledge
+  (``docs/reference.md#label-span``). Every result records which span it used.
 """
 
 from __future__ import annotations

@@ -1,1 +1,1 @@
-"""Evaluation metrics (SPEC §5)."""
+"""Evaluation metrics (definitions: ``docs/reference.md#metrics``)."""

@@ -220,7 +220,7 @@ def mia_auc(member_scores: ArrayLike, nonmember_scores: ArrayLike) -> float:
 
 
 def privleak(auc: float, auc_retain_model: float) -> float:
-    """PrivLeak (MUSE, Shi et al. 2024) in percent, as SPEC §5 defines it:
+    """PrivLeak (MUSE, Shi et al. 2024) in percent (``docs/reference.md#privleak``):
 
     ``((1 − AUC) − (1 − AUC_r)) / (1 − AUC_r) · 100``, with both AUCs from :func:`mia_auc`
     (members = forget set labelled 1) for the unlearned model and for a model trained without

@@ -1,4 +1,6 @@
-"""Membership inference on a model: forget-set examples (members) vs holdout examples (``docs/reference.md``).
+"""Membership inference on a model: forget-set examples (members) vs holdout examples.
+
+Definitions: ``docs/reference.md#mia`` and ``#privleak`` (§5.6, §5.7).
 
 :func:`mia_report` runs one batched forward pass per batch over both sets (answer-only labels,
 pads ignored), keeps per example the answer tokens' log-probs and the mean / std of log p under

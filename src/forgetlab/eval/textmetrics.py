@@ -1,4 +1,6 @@
-"""String-level metrics for generated answers (SPEC §5), matching the MLLMU-Bench evaluation.
+"""String-level metrics for generated answers, matching the MLLMU-Bench evaluation.
+
+Definitions: ``docs/reference.md#generation-metrics``, ``#cloze`` and ``#mcq`` (§5).
 
 * ROUGE-1/2/L F1 with Porter stemming (``rouge_score``), scored as ``score(reference, prediction)``.
 * Sentence BLEU on whitespace tokens, uniform 4-gram weights, NLTK smoothing method1.

@@ -40,7 +40,8 @@ PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<s>", "</s>"
 LLAVA_IMAGE = "<image>"
 QWEN_VISION_START, QWEN_IMAGE, QWEN_VISION_END = "<|vision_start|>", "<|image_pad|>", "<|vision_end|>"
 QWEN_VIDEO = "<|video_pad|>"
-SPECIAL_TOKENS = [PAD, UNK, BOS, EOS, LLAVA_IMAGE, QWEN_VISION_START, QWEN_IMAGE, QWEN_VISION_END, QWEN_VIDEO]
+#: the special tokens every tiny tokenizer reserves
+RESERVED_TOKENS = [PAD, UNK, BOS, EOS, LLAVA_IMAGE, QWEN_VISION_START, QWEN_IMAGE, QWEN_VISION_END, QWEN_VIDEO]
 
 #: LLaVA-1.5's conversation format ("USER: <image>\n... ASSISTANT: ..."), as a chat template.
 LLAVA_CHAT_TEMPLATE = (
@@ -80,7 +81,7 @@ def build_tokenizer(texts: Iterable[str], arch: Arch = "llava") -> PreTrainedTok
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     extra = ["<|im_start|>", "<|im_end|>"]
-    trainer = trainers.WordLevelTrainer(special_tokens=SPECIAL_TOKENS + extra, min_frequency=1)
+    trainer = trainers.WordLevelTrainer(special_tokens=RESERVED_TOKENS + extra, min_frequency=1)
     tok.train_from_iterator([_FORMAT_WORDS, *texts], trainer=trainer)
     template = LLAVA_CHAT_TEMPLATE if arch == "llava" else QWEN_CHAT_TEMPLATE
     fast = PreTrainedTokenizerFast(

@@ -1,4 +1,4 @@
-"""Representation diagnostics: linear CKA and PCA comparisons (SPEC §7)."""
+"""Representation diagnostics: linear CKA and PCA comparisons (``docs/reference.md#representation-diagnostics``)."""
 
 from forgetlab.probe.cka import StreamingCKA, hsic, linear_cka, minibatch_cka
 from forgetlab.probe.pca import eigengap, pca_shift, pca_similarity, principal_cosines

@@ -1,4 +1,4 @@
-"""Pooled hidden states of every layer, from ONE batched forward pass per model (SPEC §7).
+"""Pooled hidden states of every layer, from ONE batched forward pass per model (``docs/reference.md#features``).
 
 **Layers** are resolved by structure, never by name matching:
 

@@ -1,4 +1,6 @@
-"""Per-layer comparison of a reference model's features with one or more models' (SPEC §7).
+"""Per-layer comparison of a reference model's features with one or more models'.
+
+Definitions: ``docs/reference.md#representation-diagnostics`` (§7).
 
 For each layer present in both feature sets, on the same probe examples (rows aligned by
 probe-set index):

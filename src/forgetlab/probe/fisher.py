@@ -1,4 +1,4 @@
-"""Per-layer diagonal empirical Fisher of a model on a probe set, summarised (SPEC §7).
+"""Per-layer diagonal empirical Fisher of a model on a probe set, summarised (``docs/reference.md#fisher``).
 
 ``F[j] = (1/n) Σ_i (∂ℓ_i/∂θ_j)²`` with ℓ_i the answer-token mean NLL of example i (labels
 -100 everywhere else, pads included) — per-example squared gradients, the textbook empirical

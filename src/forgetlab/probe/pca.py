@@ -4,7 +4,7 @@ Each model's PCA is fitted on its own features (centred; eigen-decomposition of 
 covariance with the 1/(n−1) normalisation, computed in float64 from whichever of XᵀX (d×d) or
 XXᵀ (n×n) is smaller). Principal directions have an arbitrary sign, so every comparison here is
 sign-invariant. A direction is only identifiable when its eigenvalue is separated from the next
-one: report :func:`eigengap` next to :func:`pca_similarity` (SPEC §7).
+one: report :func:`eigengap` next to :func:`pca_similarity` (``docs/reference.md#pca-similarity``).
 
 Inputs are numpy arrays or torch tensors of shape [n, d]; results are Python floats.
 """

@@ -1,4 +1,6 @@
-"""``forgetlab probe``: representation diagnostics of models against a reference (SPEC §7).
+"""``forgetlab probe``: representation diagnostics of models against a reference.
+
+Definitions: ``docs/reference.md#representation-diagnostics`` (§7); probe set: ``#probe-set``.
 
 Pipeline: build a probe set (benchmark forget / retain / unrelated questions with their answers,
 or one free-text query per line), capture pooled features of every layer of every model from one
