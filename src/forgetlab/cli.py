@@ -201,7 +201,8 @@ def demo(
         int | None, typer.Option(help="parallel one-thread jobs (default: one per core; results do not depend on it)")
     ] = None,
     log_with: Annotated[
-        str | None, typer.Option(help="tensorboard: each unlearning run's curves to runs/demo/models/<run>/tensorboard/")
+        str | None,
+        typer.Option(help="tensorboard: each unlearning run's curves to runs/demo/models/<run>/tensorboard/"),
     ] = None,
     retrain_original: Annotated[
         bool, typer.Option(help="train the original model here instead of using the one shipped with forgetlab")

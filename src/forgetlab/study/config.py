@@ -74,7 +74,9 @@ class ModelSpec(_Section):
     )
     path: Path | None = Field(None, description="source=path: the model folder (config.json + safetensors)")
     hub_id: str | None = Field(None, description="where to obtain the folder (named in the missing-folder error)")
-    finetune: FinetuneConfig | None = Field(None, description="knowledge-injection settings (default: seed = benchmark's)")
+    finetune: FinetuneConfig | None = Field(
+        None, description="knowledge-injection settings (default: seed = benchmark's)"
+    )
     trust_remote_code: bool = Field(False, description="run Python code shipped inside the model folder")
 
     @model_validator(mode="after")
@@ -97,7 +99,9 @@ class RunSpec(_Section):
 class Selection(_Section):
     """How each method's chosen run is picked among its runs (default per benchmark)."""
 
-    forget_metric: str | None = Field(None, description="the forgetting metric (default forget_vqa_acc; TOFU forget_prob)")
+    forget_metric: str | None = Field(
+        None, description="the forgetting metric (default forget_vqa_acc; TOFU forget_prob)"
+    )
     target: float | None = Field(None, description="runs at or below this forget metric qualify (default 0.40)")
     kept: list[str] | None = Field(None, description="metrics whose sum the chosen run keeps most of")
 
@@ -181,7 +185,9 @@ class StudyConfig(_Section):
         except ValidationError as e:
             first = e.errors()[0]
             loc = ".".join(str(x) for x in first["loc"])
-            raise ValueError(f"{where}: {loc + ': ' if loc else ''}{str(first['msg']).removeprefix('Value error, ')}") from None
+            raise ValueError(
+                f"{where}: {loc + ': ' if loc else ''}{str(first['msg']).removeprefix('Value error, ')}"
+            ) from None
 
     def unlearn_config(self, run: RunSpec, lr: float, seed: int, *, where: str = "runs", **extra: Any) -> UnlearnConfig:
         """The UnlearnConfig of one run: study schedule < the run's schedule < method, lr, seed, ``extra``."""

@@ -295,8 +295,12 @@ def run_study(study: StudyConfig, out: Path, console: Console | None = None) -> 
         lap("verify")
     metrics = {
         "study": study.name,
-        "benchmark": {"kind": study.benchmark.kind, "layout": ref.kind, "forget_ratio": study.forget_ratio,
-                      "digest": digest},  # fmt: skip
+        "benchmark": {
+            "kind": study.benchmark.kind,
+            "layout": ref.kind,
+            "forget_ratio": study.forget_ratio,
+            "digest": digest,
+        },  # fmt: skip
         "original": source,
         "protocol": "loglik",
         "selection": {"forget_metric": selection[0], "target": selection[1], "kept": list(selection[2])},

@@ -439,7 +439,9 @@ def relearn_command(
     lr: Annotated[float, typer.Option(help="learning rate")] = 1e-4,
     epochs: Annotated[int, typer.Option(help="passes over the relearning data")] = 1,
     seed: Annotated[int, typer.Option(help="seed of the halves, the data order and the run")] = 0,
-    modality: Annotated[str | None, typer.Option(help="training samples: vqa, qa or both (default vqa; qa on TOFU)")] = None,
+    modality: Annotated[
+        str | None, typer.Option(help="training samples: vqa, qa or both (default vqa; qa on TOFU)")
+    ] = None,
     save_model: Annotated[bool, typer.Option(help="also save the relearned model to OUT/model")] = False,
 ) -> None:
     """Relearning attack: fine-tune on part of the forgotten people, measure recovery on the held-out rest."""
