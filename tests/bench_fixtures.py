@@ -159,3 +159,81 @@ def write_tofu(root: Path, percent: int = 5, *, real: bool = True) -> Path:
             for i in range(4)
         ])  # fmt: skip
     return root
+
+
+# --------------------------------------------------------------------------- MLLMU-Bench, real schema
+
+MLLMU_PEOPLE = [f"{i}" for i in range(1, 21)]  # IDs as in the download: numbers as strings
+CITIES = ["Oslo", "Lima", "Rome", "Kyiv", "Pune"]
+JOBS = ["baker", "pilot", "nurse", "judge", "mason"]
+
+
+def _mcq(question: str, answer: str, pool: list[str], seed: int) -> dict:
+    wrong = [x for x in pool if x != answer][:3]
+    letters = "ABCD"
+    slot = seed % 4
+    options = wrong[:slot] + [answer] + wrong[slot:]
+    return {"Question": question, "Options": dict(zip(letters, options, strict=True)), "Correct_Answer": letters[slot]}
+
+
+def _profile(pid: int, name: str, *, images: int | None = None) -> dict:
+    city, job = CITIES[pid % 5], JOBS[(pid // 2) % 5]
+    image = {"bytes": png(pid), "path": f"{pid}.png"}
+    row = {
+        "ID": str(pid),
+        "biography": json.dumps({"Name": name, "Born": city, "Job": job}),
+        "question": f"Where was {name} born?",
+        "answer": city,
+        "Classification_Task": {
+            "Image_Textual_Questions": [
+                _mcq("Where was the person in the image born?", city, CITIES, pid),
+                _mcq("What is the job of the person in the image?", job, JOBS, pid + 1),
+            ],
+            "Pure_Text_Questions": [
+                _mcq(f"Where was {name} born?", city, CITIES, pid + 2),
+                _mcq(f"What is the job of {name}?", job, JOBS, pid + 3),
+            ],
+        },
+        "Generation_Task": [
+            {"Question": "What is the job of the person in the image?", "Ground_Truth": f"A {job}.",
+             "Type": "Image_Textual"},
+            {"Question": f"Where was {name} born?", "Ground_Truth": f"In {city}.", "Type": "Pure_Text"},
+        ],
+        "Mask_Task": [{"Question": "The person in the image was born in ___.", "Ground_Truth": city,
+                       "Type": "Image_Textual"}],
+    }  # fmt: skip
+    if images is None:
+        return {"image": image} | row
+    return {"images": [{"bytes": png(pid * 100 + k), "path": f"{pid}_{k}.png"} for k in range(images)]} | row
+
+
+def _train_row(pid: int, name: str) -> dict:
+    """A ``baseline_train_split`` row: one image, its question/answer pairs as a JSON ``metadata`` string."""
+    city, job = CITIES[pid % 5], JOBS[(pid // 2) % 5]
+    pairs = [{"Question": "Where was the person in the image born?", "Answer": f"This person was born in {city}."},
+             {"Question": "What is the job of the person in the image?", "Answer": f"This person is a {job}."}]  # fmt: skip
+    return {"ID": str(pid), "image": {"bytes": png(pid), "path": f"{pid}.png"}, "metadata": json.dumps(pairs)}
+
+
+def write_mllmu(root: Path, percent: int = 10) -> Path:
+    """A 20-person MLLMU-Bench folder in the published schema: ``Full_Set``, ``Test_Set`` (``images`` lists),
+    ``forget_<p>`` / ``retain_<100-p>`` profile rows, ``Retain_Set`` (3 celebrities), and the
+    ``baseline_train_split`` training rows under ``train_split/``, every one with an image (no text-only
+    training rows, no holdout people: unlike the embedded benchmark)."""
+    people = {int(p): f"Person{p} Name{p}" for p in MLLMU_PEOPLE}
+    n_forget = max(2, round(len(people) * percent / 100))
+    forget = sorted(people)[:n_forget]
+
+    def write(folder: Path, rows: list[dict]) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.Table.from_pylist(rows), folder / "train-00000-of-00001.parquet")
+
+    write(root / "Full_Set", [_profile(p, n) for p, n in people.items()])
+    write(root / "Test_Set", [_profile(p, n, images=2) for p, n in people.items()])
+    write(root / f"forget_{percent}", [_profile(p, n) for p, n in people.items() if p in forget])
+    write(root / f"retain_{100 - percent}", [_profile(p, n) for p, n in people.items() if p not in forget])
+    write(root / "Retain_Set", [_profile(p, f"Celebrity {p}") for p in (901, 902, 903)])
+    write(root / "train_split" / f"forget_{percent}", [_train_row(p, n) for p, n in people.items() if p in forget])
+    write(root / "train_split" / f"retain_{100 - percent}",
+          [_train_row(p, n) for p, n in people.items() if p not in forget])  # fmt: skip
+    return root

@@ -1,4 +1,5 @@
-"""Session fixtures of the verification tests: a 20-person benchmark and a saved tiny LLaVA."""
+"""Session fixtures of the verification tests: a 20-person benchmark (its folder and its loaded
+:class:`~forgetlab.benchmarks.BenchmarkData`) and a saved tiny LLaVA."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from forgetlab.benchmarks import BenchmarkData, load_benchmark
 from forgetlab.data.mllmu import load_training
 from forgetlab.data.synth import write_benchmark
 from forgetlab.models.tiny import build_tiny_model, save_model
@@ -28,6 +30,12 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_benchmark(
         out, people=20, celebrities=4, train_views=1, test_views=1, perception_train=2, perception_test=2
     )
+
+
+@pytest.fixture(scope="session")
+def bench_data(bench: Path) -> BenchmarkData:
+    """``bench`` at forget_10 as the verification reads it (MCQ evaluation sets only); read-only."""
+    return load_benchmark("mllmu", bench, 10, generation=False)
 
 
 @pytest.fixture(scope="session")

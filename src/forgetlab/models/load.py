@@ -171,3 +171,11 @@ def load_model(
 def load(path: str | Path, **kwargs):
     """``(model, processor)`` from a local folder."""
     return load_model(path, **kwargs), load_processor(path, trust_remote_code=kwargs.get("trust_remote_code", False))
+
+
+def load_for_eval(path: str | Path, **kwargs):
+    """``(model, processor)`` from a local folder, in eval mode on the GPU when there is one."""
+    import torch
+
+    model, processor = load(path, **kwargs)
+    return model.to("cuda" if torch.cuda.is_available() else "cpu").eval(), processor

@@ -77,7 +77,6 @@ class ModelSpec(_Section):
     finetune: FinetuneConfig | None = Field(
         None, description="knowledge-injection settings (default: seed = benchmark's)"
     )
-    trust_remote_code: bool = Field(False, description="run Python code shipped inside the model folder")
 
     @model_validator(mode="after")
     def _path(self) -> ModelSpec:
@@ -131,6 +130,17 @@ class VerifySpec(VerifySettings):
         return VerifySettings(**fields | {"probe": self.probe.model_copy(update={"plots": plots})})
 
 
+class EvalSpec(_Section):
+    """How models are evaluated (the benchmark's own metrics, :func:`forgetlab.benchmarks.evaluate_benchmark`)."""
+
+    protocol: Literal["loglik", "generate"] = Field(
+        "loglik", description="MCQ protocol: 'generate' is the reference (greedy letter), 'loglik' the fast one"
+    )
+    generation: bool = Field(True, description="score open generation (ROUGE/BLEU, cloze) for the original model")
+    max_new_tokens: int = Field(8, ge=1)
+    batch_size: int = Field(32, ge=1)
+
+
 class ReportSpec(_Section):
     enabled: bool = True
     title: str | None = Field(None, description="default: the study's name")
@@ -148,6 +158,7 @@ class StudyConfig(_Section):
     schedule: dict[str, Any] = Field(default_factory=dict, description="UnlearnConfig fields shared by every run")
     runs: list[RunSpec] = Field(default_factory=list)
     selection: Selection = Field(default_factory=Selection)
+    eval: EvalSpec = Field(default_factory=EvalSpec)
     verify: VerifySpec = Field(default_factory=VerifySpec)
     report: ReportSpec = Field(default_factory=ReportSpec)
     workers: int | None = Field(None, ge=1, description="parallel one-thread jobs (default one per core)")

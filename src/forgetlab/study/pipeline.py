@@ -39,7 +39,7 @@ from forgetlab.lock import check_not_input, locks_output
 from forgetlab.manifest import RunManifest
 from forgetlab.parallel import default_workers, run_jobs, worker_pool
 from forgetlab.progress import progress_bar
-from forgetlab.study.config import RegimeSpec, StudyConfig
+from forgetlab.study.config import EvalSpec, RegimeSpec, StudyConfig
 from forgetlab.study.sweep import ROWS, resolve_selection, sweep_method, with_choice
 from forgetlab.verify.assess import VERIFY_KEYS, VerifySettings, verify_baseline, verify_model
 
@@ -135,17 +135,18 @@ def prepare_original(study: StudyConfig, data: Path, digest: str, out: Path, con
 # --------------------------------------------------------------------------- jobs (top level: they are pickled)
 
 
-def evaluate_original(out: Path, ref: DataRef, original: Path) -> dict:
+def evaluate_original(out: Path, ref: DataRef, original: Path, ev: EvalSpec) -> dict:
     """The original model on every evaluation set, generation metrics included (memoised): ``{metrics, rows}``."""
     from forgetlab.benchmarks import evaluate_benchmark
-    from forgetlab.models.load import load
+    from forgetlab.models.load import load_for_eval
 
     def compute() -> dict:
-        model, processor = load(original)
-        metrics, rows = evaluate_benchmark(ref.load(), model, processor, generation=True)
+        model, processor = load_for_eval(original)
+        metrics, rows = evaluate_benchmark(ref.load(), model, processor, **ev.model_dump())
         return {"metrics": metrics, "rows": rows}
 
-    return memo(out / "cache" / "original_eval.json", model_key(original), compute)
+    key = model_key(original) | {"eval": ev.model_dump()}
+    return memo(out / "cache" / "original_eval.json", key, compute)
 
 
 def sweep_job(study: StudyConfig, index: int, original: Path, ref: DataRef, models: Path) -> dict:
@@ -155,7 +156,7 @@ def sweep_job(study: StudyConfig, index: int, original: Path, ref: DataRef, mode
 def regime_job(study: StudyConfig, regime: RegimeSpec, out: Path, ref: DataRef, original: Path) -> dict:
     """Unlearn one regime (kept when finished) and evaluate it (memoised): its metrics row."""
     from forgetlab.benchmarks import evaluate_benchmark
-    from forgetlab.models.load import load
+    from forgetlab.models.load import load_for_eval
     from forgetlab.verify.regimes import run_regime
 
     config = study.regime_config(regime)
@@ -163,8 +164,8 @@ def regime_job(study: StudyConfig, regime: RegimeSpec, out: Path, ref: DataRef, 
                       out / "models" / regime.name)  # fmt: skip
 
     def compute() -> dict:
-        model, processor = load(path)
-        return evaluate_benchmark(ref.load(), model, processor, generation=False)[0]
+        model, processor = load_for_eval(path)
+        return evaluate_benchmark(ref.load(), model, processor, **study.eval.model_dump() | {"generation": False})[0]
 
     metrics = memo(out / "cache" / f"{regime.name}_eval.json", model_key(path), compute)
     about = {"method": regime.method, "lr": regime.lr, "requests": regime.requests, "title": regime.title,
@@ -244,7 +245,7 @@ def run_study(study: StudyConfig, out: Path, console: Console | None = None) -> 
     regimes = {r.name: r for r in v.regimes} if verify else {}
     selection = resolve_selection(study.selection, ref.kind)
     workers = study.workers or default_workers()
-    jobs: dict[str, tuple] = {"original": (evaluate_original, (out, ref, original))}
+    jobs: dict[str, tuple] = {"original": (evaluate_original, (out, ref, original, study.eval))}
     order = sorted(range(len(study.runs)), key=lambda i: study.runs[i].method != "mmunlearner")  # the longest first
     jobs |= {study.runs[i].method: (sweep_job, (study, i, original, ref, out / "models")) for i in order}
     if verify:

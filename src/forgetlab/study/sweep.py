@@ -22,7 +22,7 @@ from forgetlab.io import write_jsonl
 
 if TYPE_CHECKING:
     from forgetlab.benchmarks import BenchmarkData
-    from forgetlab.study.config import RunSpec, Selection, StudyConfig
+    from forgetlab.study.config import EvalSpec, RunSpec, Selection, StudyConfig
     from forgetlab.train.unlearn_config import UnlearnConfig
 
 #: each run's answers on the forget and test sets, beside its ``eval.json``
@@ -115,21 +115,27 @@ def _finished(run: Path, config: UnlearnConfig) -> bool:
     return done.exists() and json.loads(done.read_text()).get("config") == json.loads(json.dumps(config.resolved()))
 
 
-def evaluate_run(original: Path, data: BenchmarkData, out: Path, config: UnlearnConfig, extra: dict) -> dict:
-    """Unlearn (unless ``out`` already holds this run) and evaluate one run; memoised in ``out/eval.json``."""
+def evaluate_run(
+    original: Path, data: BenchmarkData, out: Path, config: UnlearnConfig, extra: dict, ev: EvalSpec | None = None
+) -> dict:
+    """Unlearn (unless ``out`` already holds this run) and evaluate one run; memoised in ``out/eval.json``.
+
+    Generation metrics are scored only on TOFU (its forget metrics need them); the MCQ protocol is ``ev``'s."""
     from forgetlab.benchmarks import evaluate_benchmark
-    from forgetlab.models.load import load
+    from forgetlab.models.load import load_for_eval
+
+    settings = (ev.model_dump() if ev else {}) | {"generation": data.name == "tofu"}
 
     def compute() -> dict:
         info = json.loads((out / "unlearn.json").read_text())
-        model, processor = load(out)
-        metrics, rows = evaluate_benchmark(data, model, processor, generation=data.name == "tofu")
+        model, processor = load_for_eval(out)
+        metrics, rows = evaluate_benchmark(data, model, processor, **settings)
         write_jsonl(out / ROWS, [{k: r[k] for k in ROW_KEYS if k in r} for r in rows if r["set"] in ("forget", "test")])
         return metrics | extra | {"span": config.span, "train_seconds": info["timings"].get("train_s")}
 
     if not _finished(out, config):
         unlearn_on(original, data, out, config)
-    key = {"config": config.resolved(), "original": model_key(original), "run": model_key(out)}
+    key = {"config": config.resolved(), "original": model_key(original), "run": model_key(out), "eval": settings}
     return memo(out / "eval.json", key, compute)
 
 
@@ -144,7 +150,8 @@ def sweep_method(study: StudyConfig, run: RunSpec, original: Path, data: Benchma
             name = run_name(run.method, lr, seed if len(seeds) > 1 else None)
             out = models_dir / name
             config = study.unlearn_config(run, lr, seed, **extra, **({"mask": str(mask)} if mask else {}))
-            rows[name] = evaluate_run(original, data, out, config, {"method": run.method, "lr": lr, "seed": seed})
+            about = {"method": run.method, "lr": lr, "seed": seed}
+            rows[name] = evaluate_run(original, data, out, config, about, study.eval)
             if mask is None and (out / "mask.safetensors").exists():
                 mask = out / "mask.safetensors"
     return rows
