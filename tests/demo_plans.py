@@ -1,40 +1,62 @@
-"""The toy demo plan shared by the in-process demo tests and the kill-and-resume subprocess."""
+"""The toy demo shared by the in-process demo tests and the kill-and-resume subprocess: the packaged demo
+study (configs/demo.yaml) with a handful of ``--set`` overrides that make it run in about a minute."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
-from forgetlab.demo import DemoPlan
-from forgetlab.sweep import MethodSweep
-from forgetlab.train.finetune import FinetuneConfig
-from forgetlab.verify.assess import AssessSettings
-from forgetlab.verify.regimes import Regime
+import yaml
 
-TOY = DemoPlan(
-    people=20,
-    train_views=4,  # half the default: the toy run is about the pipeline, not the numbers
-    finetune=FinetuneConfig(
-        epochs=1, perception_epochs=0, pretrain_epochs=0, vision_pretrain_steps=5, warmup_steps=5, batch_size=16
-    ),
-    sweep=(
-        MethodSweep("ga", (1e-3,)),
-        MethodSweep("mmunlearner", (1e-3,), {"pairing": "interleave", "retain_weight": 1.0}),
-    ),
-    regimes=(
-        Regime("single", "one request", "reversible", "ga", 1e-4),
-        Regime("continual", "two requests", "irreversible", "ga", 1e-3, requests=2),
-    ),
-    assess=AssessSettings(relearn_lr=1e-3, probe_per_group=4),
-    log_with="tensorboard",  # the sweep's training curves as event files too
-)
+from forgetlab.study.config import DEMO_STUDY, _set_dotted
+
+#: ``forgetlab demo --set KEY=VALUE`` overrides (values as JSON) that turn the demo into the toy demo
+TOY: dict[str, object] = {
+    "benchmark.people": 20,
+    "benchmark.train_views": 4,  # half the default: the toy run is about the pipeline, not the numbers
+    "model.source": "finetune",
+    "model.finetune": {
+        "epochs": 1,
+        "perception_epochs": 0,
+        "pretrain_epochs": 0,
+        "vision_pretrain_steps": 5,
+        "warmup_steps": 5,
+        "batch_size": 16,
+    },  # fmt: skip
+    "runs": [
+        {"method": "ga", "lrs": [1e-3]},
+        {"method": "mmunlearner", "lrs": [1e-3], "schedule": {"pairing": "interleave", "retain_weight": 1.0}},
+    ],
+    "verify.relearn.lr": 1e-3,
+    "verify.probe.per_group": 4,
+    "verify.regimes": [
+        {"name": "single", "title": "one request", "expected": "reversible", "lr": 1e-4},
+        {"name": "continual", "title": "two requests", "expected": "irreversible", "lr": 1e-3, "requests": 2},
+    ],
+    "log_with": "tensorboard",  # the runs' training curves as event files too
+}
 
 
-if __name__ == "__main__":  # the subprocess of tests/test_demo.py::resumed
+def set_args() -> list[str]:
+    """``--set`` arguments of :data:`TOY` for ``forgetlab demo``."""
+    return [a for k, v in TOY.items() for a in ("--set", f"{k}={json.dumps(v)}")]
+
+
+def write_toy_study(path: Path) -> Path:
+    """The toy demo as a study file of its own (for ``forgetlab run``)."""
+    data = yaml.safe_load(DEMO_STUDY.read_text())
+    for key, value in TOY.items():
+        _set_dotted(data, key, value)
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+if __name__ == "__main__":  # the subprocess of tests/test_demo.py::resumed: `forgetlab run TOY --out RUN`
     import torch
-    from rich.console import Console
 
-    from forgetlab.demo import run_demo
+    from forgetlab.cli import app
 
     torch.set_num_threads(1)  # as tests/conftest.py: the same kernels give the same bits
-    run_demo(Path(sys.argv[1]), TOY, console=Console(quiet=True))
+    study = write_toy_study(Path(sys.argv[1]).parent / "toy.yaml")
+    app(["run", str(study), "--out", sys.argv[1]])

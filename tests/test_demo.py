@@ -1,4 +1,6 @@
-"""The demo end to end at toy scale: every stage runs, metrics.json has every key, the report every section."""
+"""The demo end to end at toy scale: `forgetlab demo` (the packaged study with --set overrides) runs every stage,
+metrics.json has every key, the report every section; `forgetlab run` of the same study, killed and resumed,
+writes the same metrics.json."""
 
 from __future__ import annotations
 
@@ -6,28 +8,38 @@ import json
 from pathlib import Path
 
 import pytest
-from rich.console import Console
+from typer.testing import CliRunner
 
-from demo_plans import TOY
-from forgetlab.demo import run_demo
+from demo_plans import set_args, write_toy_study
+from forgetlab.cli import app
+from forgetlab.verify.verdict import verdict
+
+runner = CliRunner()
+
+
+def _demo(out: Path) -> dict:
+    result = runner.invoke(app, ["demo", "--out", str(out), *set_args()])
+    assert result.exit_code == 0, result.output
+    return json.loads((out / "metrics.json").read_text())
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("demo") / "run"
-    return out, run_demo(out, TOY, console=Console(quiet=True))
+    return out, _demo(out)
 
 
 def test_metrics_have_every_model_and_verification_key(demo) -> None:
     out, metrics = demo
-    assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
     models = metrics["models"]
     assert set(models) == {"original", "ga@0.001", "mmunlearner@0.001"}
     for name, m in models.items():
         for key in ("forget_vqa_acc", "forget_qa_acc", "test_vqa_acc", "retain_vqa_acc", "retain_qa_acc"):
             assert m[key] is None or 0.0 <= m[key] <= 1.0, (name, key)
             assert m[key.removesuffix("_acc") + "_n"] > 0
-    assert set(models["original"]["mia"]) == {"vqa", "qa"}
+    assert {"vqa", "qa"} <= set(models["original"]["mia"]) and "never-trained" in models["original"]["mia"][
+        "nonmembers"
+    ]
     chosen = [k for k, m in models.items() if m.get("chosen")]
     assert len(chosen) == 2 and {models[k]["method"] for k in chosen} == {"ga", "mmunlearner"}
     for name in chosen:
@@ -36,53 +48,76 @@ def test_metrics_have_every_model_and_verification_key(demo) -> None:
         assert set(m["relearn"]["recovery"]["headline"]) == {"relearned_people", "held_out_people"}
         assert {"loss", "zlib", "mink", "minkpp"} <= m["mia"]["vqa"].keys()
         assert len(m["probe"]["layers"]) == len(m["probe"]["cka"]) == len(m["probe"]["pca_shift"]) > 0
-        assert isinstance(m["verdict"], str) and m["verdict"]
+        assert m["verdict"] == verdict(m["evidence"]).label  # the label is the rule applied to the recorded evidence
+        held = m["relearn"]["recovery"]["headline"]["held_out_people"]
+        assert m["evidence"]["recovery_held_out"] == held
     assert (out / "models" / "mmunlearner@0.001" / "mask.safetensors").exists()
-    for run in ("ga@0.001", "mmunlearner@0.001"):  # --log-with tensorboard: event files beside the JSONL log
+    for run in ("ga@0.001", "mmunlearner@0.001"):  # log_with tensorboard: event files beside the JSONL log
         assert list((out / "models" / run / "tensorboard").rglob("events.out.tfevents.*")), run
     regimes = metrics["regimes"]
     assert set(regimes) == {"single", "continual"}
-    assert all("verdict" in r and r["requests"] in (1, 2) for r in regimes.values())
+    for r in regimes.values():
+        assert r["requests"] in (1, 2) and r["verdict"] == verdict(r["evidence"]).label
+        assert r["as_expected"] == (r["verdict"].split(",")[0] == r["expected"].split(",")[0])
 
 
 def test_report_shows_every_section(demo) -> None:
+    import base64
+    import io
+    import re
+
+    import numpy as np
+    from PIL import Image
+
     out, _ = demo
     page = (out / "report.html").read_text()
     for heading in (
-        "Results (MCQ accuracy",
+        "Results (each method",
         "Trade-off",
         "Is the forgetting real?",
         "Relearning attack:",
         "Representations per layer",
-        "The paper&#x27;s two regimes",
+        "The reference regimes",
         "Fisher information",
         "Forgotten people",
+        "as expected",
     ):
         assert heading in page, heading
-    assert page.count("data:image/png;base64,") >= 7
+    images = [Image.open(io.BytesIO(base64.b64decode(d)))
+              for d in re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", page)]  # fmt: skip
+    plots = [im for im in images if im.size[0] >= 200]
+    assert len(plots) >= 6 and all(np.asarray(im.convert("L"), dtype=float).std() > 5 for im in plots)
     assert "http://" not in page and "https://" not in page
 
 
 def test_rerun_reuses_every_stage(demo) -> None:
     out, metrics = demo
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")}
-    again = run_demo(out, TOY, console=Console(quiet=True))
+    again = _demo(out)
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")} == stamps  # nothing retrained
     strip = {"seconds", "stage_seconds"}
     assert {k: v for k, v in again.items() if k not in strip} == {k: v for k, v in metrics.items() if k not in strip}
-    assert set(again["stage_seconds"]) == {"synth", "finetune", "evaluate original", "unlearn", "verify"}
+    assert set(again["stage_seconds"]) == {"benchmark", "original", "evaluate original", "unlearn", "verify",
+                                           "metrics", "report"}  # fmt: skip
 
 
-def test_a_sweep_run_is_reused_only_with_the_same_config(demo) -> None:
-    from forgetlab.sweep import COMMON, _same_config
-    from forgetlab.train.unlearn import UnlearnConfig
+def test_a_run_is_redone_when_its_config_changes(demo) -> None:
+    from forgetlab.study.sweep import _finished
+    from forgetlab.train.unlearn_config import UnlearnConfig
 
     out, _ = demo
     run = out / "models" / "ga@0.001"
-    same = COMMON | {"log_with": TOY.log_with}
-    assert _same_config(run, UnlearnConfig(method="ga", lr=1e-3, forget_ratio=10, **same))
-    assert not _same_config(run, UnlearnConfig(method="ga", lr=1e-3, forget_ratio=10, **(same | {"span": "answer"})))
-    assert not _same_config(run, UnlearnConfig(method="ga", lr=1e-3, forget_ratio=10, **COMMON))  # no tracker
+    same = {
+        "epochs": 1,
+        "batch_size": 8,
+        "span": "full",
+        "forget_modality": "vqa",
+        "seed": 0,
+        "log_with": "tensorboard",
+    }
+    assert _finished(run, UnlearnConfig(method="ga", lr=1e-3, forget_ratio=10, **same))
+    assert not _finished(run, UnlearnConfig(method="ga", lr=1e-3, forget_ratio=10, **(same | {"span": "answer"})))
+    assert not _finished(run, UnlearnConfig(method="ga", lr=1e-3, forget_ratio=10, **(same | {"log_with": "none"})))
 
 
 # --- resumability and determinism -------------------------------------------------------------------------------
@@ -109,7 +144,7 @@ def _stages(run: Path) -> dict:
 
 
 def _kill_when(run: Path, moment, timeout: float = 600) -> bool:
-    """Start the toy demo on ``run`` in a subprocess and SIGKILL it as soon as ``moment(run)`` holds.
+    """Start ``forgetlab run`` of the toy demo study on ``run`` in a subprocess and SIGKILL it as soon as ``moment(run)`` holds.
     Returns False if the run finished first."""
     import os
     import signal
@@ -136,34 +171,32 @@ def _kill_when(run: Path, moment, timeout: float = 600) -> bool:
 
 @pytest.fixture(scope="module")
 def resumed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, list[str]]:
-    """The toy demo killed with SIGKILL three times (mid fine-tune, mid sweep, mid verification),
-    then run to the end: its folder, its final metrics and the stages finished at each kill."""
+    """``forgetlab run`` of the toy demo study killed with SIGKILL once, mid-way through the job graph (a run
+    unlearned, a verification started, the unlearning not finished everywhere), then run to the end: its
+    folder, its final metrics and the stages finished at the kill."""
     run = tmp_path_factory.mktemp("killed") / "run"
-    moments = (
-        lambda r: "synth" in _stages(r) and "finetune" not in _stages(r),
-        lambda r: (r / "models" / "ga@0.001" / "unlearn.json").exists() and "unlearn" not in _stages(r),
-        # models are verified while others still unlearn; this kill comes after the last unlearning
-        lambda r: any((r / "verify").glob("*/relearn")) and "unlearn" in _stages(r) and "verify" not in _stages(r),
-    )
-    seen = []
-    for moment in moments:
-        assert _kill_when(run, moment), "the run finished before the kill point"
-        assert not (run / "metrics.json").exists()
-        seen.append(sorted(_stages(run)))
-    return run, run_demo(run, TOY, console=Console(quiet=True)), seen
+
+    def moment(r: Path) -> bool:
+        return (r / "models" / "ga@0.001" / "eval.json").exists() and any((r / "verify").glob("*/relearn"))
+
+    assert _kill_when(run, moment), "the run finished before the kill point"
+    assert not (run / "metrics.json").exists()
+    seen = sorted(_stages(run))
+    result = runner.invoke(app, ["run", str(write_toy_study(run.parent / "toy.yaml")), "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    return run, json.loads((run / "metrics.json").read_text()), seen
 
 
-def test_killed_runs_resume_to_the_uninterrupted_metrics(demo, resumed) -> None:
+def test_run_of_the_study_resumes_to_the_metrics_of_the_demo(demo, resumed) -> None:
+    """`forgetlab run` of the demo study, killed and resumed, writes the metrics.json of `forgetlab demo`."""
     (out, metrics), (run, again, seen) = demo, resumed
-    assert seen[0] == ["synth"]  # killed while the original model was being trained
-    assert "evaluate original" in seen[1] and "unlearn" not in seen[1]
-    assert "unlearn" in seen[2] and "verify" not in seen[2]
+    assert {"benchmark", "original", "evaluate original"} <= set(seen) and "verify" not in seen
     assert _comparable(again, run) == _comparable(metrics, out)
     manifest = json.loads((run / "manifest.json").read_text())
-    assert set(manifest["stages"]) >= {"synth", "finetune", "unlearn", "verify", "metrics", "report"}
-    assert manifest["config"]["finetune"]["seed"] == 0 and manifest["data"]["benchmark"]
+    assert set(manifest["stages"]) >= {"benchmark", "original", "unlearn", "verify", "metrics", "report"}
+    assert manifest["config"]["model"]["finetune"]["seed"] == 0 and manifest["data"]["benchmark"]
     assert manifest["environment"]["versions"]["torch"] and manifest["environment"]["torch_threads"] == 1
-    assert (run / "report.html").read_text().count("data:image/png;base64,") >= 6
+    assert manifest["config"] == json.loads((out / "manifest.json").read_text())["config"]
 
 
 def test_same_seed_same_models_and_metrics(demo, resumed) -> None:

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from forgetlab.cli import app
 from forgetlab.lock import OutputLocked, check_not_input, lock_path, output_lock, read_lock
+from forgetlab.study import DEMO_STUDY
 
 #: a process that takes the lock of argv[1] and keeps it (the context manager must stay referenced)
 HOLD = "import sys, time; from forgetlab.lock import output_lock; lock = output_lock(sys.argv[1]); lock.__enter__(); " \
@@ -46,11 +47,12 @@ def test_second_run_is_refused_naming_the_first(holder) -> None:
     "args",
     [
         ["unlearn", "--method", "ga", "--model", "m", "--data", "d"],
-        ["demo", "--people", "5"],
+        ["demo", "--people", "10"],
+        ["run", str(DEMO_STUDY)],
         ["eval", "--model", "m", "--data", "d"],
         ["finetune", "--data", "d"],
     ],
-    ids=["unlearn", "demo", "eval", "finetune"],
+    ids=["unlearn", "demo", "run", "eval", "finetune"],
 )
 def test_commands_refuse_a_locked_output_folder(holder, args) -> None:
     out, proc = holder
@@ -61,14 +63,14 @@ def test_commands_refuse_a_locked_output_folder(holder, args) -> None:
     assert not out.exists()  # nothing was written
 
 
-def test_run_experiment_holds_the_lock(holder) -> None:
-    from types import SimpleNamespace
-
-    from forgetlab.experiment import run_experiment
+def test_run_study_holds_the_lock(holder) -> None:
+    from forgetlab.study.config import StudyConfig
+    from forgetlab.study.pipeline import run_study
 
     out, proc = holder
     with pytest.raises(OutputLocked, match=f"pid {proc.pid}"):
-        run_experiment(SimpleNamespace(output=out))  # refused before the config is even read
+        run_study(StudyConfig.model_validate({"name": "locked"}), out)  # refused before anything is prepared
+    assert not out.exists()
 
 
 def test_lock_of_a_killed_run_is_taken_over(tmp_path) -> None:

@@ -6,7 +6,9 @@ from PIL import Image
 
 from forgetlab.report.html import ExampleCard, Report, example_cards, metrics_table
 from forgetlab.report.plots import tradeoff_plot
-from forgetlab.sweep import choose
+from forgetlab.study.sweep import SELECTION_DEFAULTS, choose, with_choice
+
+MLLMU = SELECTION_DEFAULTS["mllmu"]  # forget VQA <= 0.40, keeping most of forget QA + retain + real-world
 
 EVIL = '<script>alert(1)</script>"><img src=x onerror=alert(2)>'
 
@@ -28,23 +30,50 @@ def test_metrics_table_marks_undefined_values():
     assert "n/a" in html and "0.250" in html
 
 
+def runs(**rows: dict) -> dict[str, dict]:
+    """Rows of one method, one learning rate each (``choose`` groups runs by learning rate)."""
+    return {name: {"lr": 10.0 ** -(i + 3)} | m for i, (name, m) in enumerate(rows.items())}
+
+
 def test_choose_prefers_forgetting_then_kept_knowledge():
-    rows = {
-        "a": {"forget_vqa_acc": 0.30, "forget_qa_acc": 0.5, "retain_vqa_acc": 0.5, "retain_qa_acc": 0.5},
-        "b": {"forget_vqa_acc": 0.35, "forget_qa_acc": 0.9, "retain_vqa_acc": 0.9, "retain_qa_acc": 0.9},
-        "c": {"forget_vqa_acc": 0.80, "forget_qa_acc": 1.0, "retain_vqa_acc": 1.0, "retain_qa_acc": 1.0},
-    }
-    assert choose(rows) == "b"
-    assert choose({"c": rows["c"], "d": {"forget_vqa_acc": 0.6}}) == "d"  # none forgets: lowest forget VQA
+    a = {"forget_vqa_acc": 0.30, "forget_qa_acc": 0.5, "retain_vqa_acc": 0.5, "retain_qa_acc": 0.5}
+    b = {"forget_vqa_acc": 0.35, "forget_qa_acc": 0.9, "retain_vqa_acc": 0.9, "retain_qa_acc": 0.9}
+    c = {"forget_vqa_acc": 0.80, "forget_qa_acc": 1.0, "retain_vqa_acc": 1.0, "retain_qa_acc": 1.0}
+    assert choose(runs(a=a, b=b, c=c), *MLLMU) == "b"
+    assert choose(runs(c=c, d={"forget_vqa_acc": 0.6}), *MLLMU) == "d"  # none forgets: lowest forget VQA
     # real-world knowledge counts as kept too: 2 points more retain QA do not buy 7 points of real-world VQA
     e = {"forget_vqa_acc": 0.40, "forget_qa_acc": 0.95, "retain_vqa_acc": 1.0, "retain_qa_acc": 0.99}
     f = {"forget_vqa_acc": 0.32, "forget_qa_acc": 0.97, "retain_vqa_acc": 0.99, "retain_qa_acc": 0.99}
-    assert choose({"e": e, "f": f}) == "f"  # without real-world columns: the more kept text knowledge
-    both = {
-        "e": e | {"realworld_vqa_acc": 0.92, "realworld_qa_acc": 1.0},
-        "f": f | {"realworld_vqa_acc": 0.85, "realworld_qa_acc": 1.0},
+    assert choose(runs(e=e, f=f), *MLLMU) == "f"  # without real-world columns: the more kept text knowledge
+    both = runs(
+        e=e | {"realworld_vqa_acc": 0.92, "realworld_qa_acc": 1.0},
+        f=f | {"realworld_vqa_acc": 0.85, "realworld_qa_acc": 1.0},
+    )
+    assert choose(both, *MLLMU) == "e"
+    marked = with_choice(both, MLLMU)
+    assert {k: m["chosen"] for k, m in marked.items()} == {"e": True, "f": False} and marked["e"]["lr"] == 1e-3
+
+
+def test_choose_averages_seeds_and_reads_zero_as_a_value():
+    """Runs of one LR are its seeds: the LRs compete on their means, the chosen run is the LR's first seed."""
+    kept = {"forget_qa_acc": 0.9, "retain_vqa_acc": 0.9, "retain_qa_acc": 0.9}
+    rows = {
+        "ga@1e-4-s0": {"lr": 1e-4, "forget_vqa_acc": 0.30, **kept},
+        "ga@1e-4-s1": {"lr": 1e-4, "forget_vqa_acc": 0.60, **kept},  # mean 0.45: misses the target
+        "ga@3e-4-s0": {"lr": 3e-4, "forget_vqa_acc": 0.38, **kept} | {"forget_qa_acc": 0.5},
+        "ga@3e-4-s1": {"lr": 3e-4, "forget_vqa_acc": 0.38, **kept} | {"forget_qa_acc": 0.5},
     }
-    assert choose(both) == "e"
+    assert choose(rows, *MLLMU) == "ga@3e-4-s0"  # a single lucky seed does not win
+    rows["ga@3e-4-s1"]["forget_vqa_acc"] = 0.60  # no LR reaches the target: the lowest mean forget VQA
+    assert choose(rows, *MLLMU) == "ga@1e-4-s0"
+    # 0.0 forget VQA is complete forgetting, not a missing value; a missing one counts as not forgotten
+    zero = runs(gone={"forget_vqa_acc": 0.0}, unknown={"forget_vqa_acc": None}, some={"forget_vqa_acc": 0.5})
+    assert choose(zero, *MLLMU) == "gone"
+    assert choose(runs(unknown={"forget_vqa_acc": None}, some={"forget_vqa_acc": 0.5}), *MLLMU) == "some"
+    # another benchmark's selection: TOFU forgets on answer probability
+    tofu = SELECTION_DEFAULTS["tofu"]
+    assert choose(runs(x={"forget_prob": 0.05, "retain_prob": 0.2}, y={"forget_prob": 0.08, "retain_prob": 0.6}),
+                  *tofu) == "y"  # fmt: skip
 
 
 def test_tradeoff_plot_is_a_png():

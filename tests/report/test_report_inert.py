@@ -2,9 +2,10 @@
 
 The synthetic benchmark is written, one forget person's name and ID are replaced in every parquet
 file by markup (``<script>``, ``"><img onerror=...>``), a tiny model is evaluated on it, and the
-demo's own report code (:func:`forgetlab.demo._report`) renders the page, with markup also in
-method names, verdicts and regime titles. The page is then parsed: no script, no event handler,
-no external resource; the markup shows up as text.
+study's own report builder (:func:`forgetlab.study.report.write_report`) renders the page, with
+markup also in the study's name, the benchmark folder's name, method names, the selection's
+metrics, verdicts and regime titles. The page is then parsed: no script, no event handler, no
+external resource; the markup shows up as text.
 """
 
 from __future__ import annotations
@@ -15,17 +16,20 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from PIL import Image
 
+from forgetlab.benchmarks import evaluate_benchmark, load_benchmark
 from forgetlab.data.mllmu import load_biographies, split_ids
 from forgetlab.data.synth import write_benchmark
-from forgetlab.demo import _report
-from forgetlab.eval.runner import EvalConfig, evaluate, load_eval_sets
 from forgetlab.models.tiny import build_tiny_model
+from forgetlab.study.config import StudyConfig
+from forgetlab.study.report import write_report
 from forgetlab.train.finetune import benchmark_texts
 
 EVIL_NAME = 'Ann <script>alert(1)</script>"><img src=x onerror=alert(2)>'
 EVIL_ID = "P<svg onload=alert(3)>'"
 EVIL = "<script>alert(4)</script>\"'><img src=x onerror=alert(5)>"
+EVIL_DIR = "data\"'><img src=x onerror=alert(6)>"  # a folder name: no slash
 
 
 def _replace(value, old_name: str, old_id: str):
@@ -70,27 +74,42 @@ class Page(HTMLParser):
 
 
 def test_report_from_poisoned_data_is_inert(tmp_path) -> None:
-    data = write_benchmark(tmp_path / "data", people=20, celebrities=4, train_views=1, test_views=1,
+    root = write_benchmark(tmp_path / EVIL_DIR, people=20, celebrities=4, train_views=1, test_views=1,
                            perception_train=2, perception_test=2)  # fmt: skip
-    poison(data)
-    model, processor = build_tiny_model("llava", benchmark_texts(data), image_size=16)
-    eval_sets = load_eval_sets(data, 10, sets=("forget",))
-    assert EVIL_ID in {s.person_id for s in eval_sets["forget"]}  # the poisoned person is evaluated
-    result = evaluate(model, processor, data, EvalConfig(generation=False), eval_sets=eval_sets)
+    poison(root)
+    data = load_benchmark("mllmu", root, 10, generation=False)
+    assert EVIL_ID in {s.person_id for s in data.eval_sets["forget"]}  # the poisoned person is evaluated
+    model, processor = build_tiny_model("llava", benchmark_texts(root), image_size=16)
+    metrics, rows = evaluate_benchmark(data, model, processor, generation=False, sets=("forget",))
 
     curves = {"layers": ["language.0", "language.1"], "cka": [0.99, 0.5], "pca_similarity": [0.9, 0.5],
               "pca_shift": [0.1, 2.0]}  # fmt: skip
     verified = {"verdict": EVIL, "verdict_rule": EVIL, "probe": curves, "evidence": {"cka_median": 0.9},
                 "relearn": {"recovery": {"headline": {"relearned_people": 0.9, "held_out_people": 0.2}}},
-                "mia": {"vqa": {"loss": 0.6}}}  # fmt: skip
+                "mia": {"vqa": {"loss": 0.6}, "nonmembers": EVIL}}  # fmt: skip
     run = {"method": EVIL, "lr": 1e-4, "chosen": True, "forget_vqa_acc": 0.2, "forget_qa_acc": 0.8,
            "retain_vqa_acc": 0.7, "retain_qa_acc": 0.9, **verified}  # fmt: skip
-    original = result.metrics | {"method": "original", "lr": None, "retain_vqa_acc": 0.9, "retain_qa_acc": 0.9}
-    models = {"original": original, EVIL: run}
-    regimes = {"single": {"title": EVIL, "expected": EVIL, **verified}}
-    _report(tmp_path, data, 20, 0, models, {EVIL: run}, regimes, result.rows)
+    original = metrics | {"method": "original", "lr": None, "retain_vqa_acc": 0.9, "retain_qa_acc": 0.9}
+    study = StudyConfig.model_validate({
+        "name": EVIL, "benchmark": {"kind": "mllmu", "path": str(root)}, "forget_ratio": 10,
+        "model": {"source": "path", "path": str(tmp_path / "original")},
+    })  # fmt: skip
+    result = {
+        "models": {"original": original, EVIL: run},
+        "regimes": {"single": {"title": EVIL, "expected": EVIL, **verified}},
+        "selection": {"forget_metric": "forget_vqa_acc", "target": 0.4, "kept": ["forget_qa_acc", EVIL]},
+    }
+    out = tmp_path / "run"
+    # the regime's relearning attack and Fisher histogram, where the report reads them
+    halves = {h: {"forget_vqa_acc": v} for h, v in (("relearned_people", 0.5), ("held_out_people", 0.4))}
+    stages = {"original": halves, "unlearned": halves, "relearned": halves}
+    (out / "verify" / "single" / "probe").mkdir(parents=True)
+    (out / "verify" / "single" / "relearn").mkdir()
+    (out / "verify" / "single" / "relearn" / "relearn.json").write_text(json.dumps({"metrics": stages}))
+    Image.new("RGB", (8, 8)).save(out / "verify" / "single" / "probe" / "fisher_hist.png")
+    write_report(study, out, data, result, rows)
 
-    html = (tmp_path / "report.html").read_text()
+    html = (out / "report.html").read_text()
     page = Page()
     page.feed(html)
     tags = [t for t, _ in page.tags]
@@ -100,5 +119,7 @@ def test_report_from_poisoned_data_is_inert(tmp_path) -> None:
     csp = [a for t, a in page.tags if t == "meta" and a.get("http-equiv") == "Content-Security-Policy"]
     assert csp and "default-src 'none'" in csp[0]["content"]
     text = "".join(page.text)
-    assert EVIL_NAME in text and EVIL_ID in text and EVIL in text  # shown as text, verbatim
+    assert EVIL_NAME in text and EVIL_ID in text and EVIL in text and EVIL_DIR in text  # shown as text, verbatim
     assert "<script>" not in html and "<img src=x" not in html and "<svg" not in html
+    headings = [t for t in page.text if t.startswith(("Relearning attack", "Fisher information", "Forgotten people"))]
+    assert len(headings) == 3 and f"Fisher information: {EVIL}" in headings  # every section was rendered

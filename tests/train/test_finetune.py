@@ -174,26 +174,36 @@ def test_length_micro_batches_give_the_same_loss_and_gradient_with_less_padding(
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
 
 
-def test_demo_copies_a_fitting_shipped_original_and_trains_otherwise(quick_models, small_bench, tmp_path, monkeypatch):
-    """The demo uses the shipped original only when config, recipe and data hash all match."""
+def test_study_copies_a_fitting_shipped_original_and_trains_otherwise(quick_models, small_bench, tmp_path,
+                                                                      monkeypatch):  # fmt: skip
+    """A study uses the shipped original only when config, recipe and data hash all match."""
     from rich.console import Console
 
-    import forgetlab.demo as demo
+    import forgetlab.train.finetune as ft
     from forgetlab.data.synth import benchmark_digest
+    from forgetlab.study.config import StudyConfig
+    from forgetlab.study.pipeline import prepare_original
     from forgetlab.train.finetune import trained_as
 
     root, summary, _ = quick_models
-    monkeypatch.setattr(demo, "SHIPPED_ORIGINAL", root / "a")
-    config, quiet = FinetuneConfig(**QUICK), Console(quiet=True)
-    assert trained_as(root / "a", config, benchmark_digest(small_bench))
-    assert not trained_as(root / "a", FinetuneConfig(**QUICK | {"seed": 1}), benchmark_digest(small_bench))
+    monkeypatch.setattr(ft, "SHIPPED_ORIGINAL", root / "a")
+    config, quiet, digest = FinetuneConfig(**QUICK), Console(quiet=True), benchmark_digest(small_bench)
+    assert trained_as(root / "a", config, digest)
+    assert not trained_as(root / "a", FinetuneConfig(**QUICK | {"seed": 1}), digest)
     assert not trained_as(root / "a", config, "another benchmark")
 
-    assert demo._original(small_bench, tmp_path / "m", config, True, quiet) == "shipped"
-    shipped, copied = load_file(root / "a" / "model.safetensors"), load_file(tmp_path / "m" / "model.safetensors")
+    def original(out, source: str = "shipped", **finetune) -> str:
+        study = StudyConfig.model_validate({"name": "t", "benchmark": {"kind": "embedded", "people": 20},
+                                            "model": {"source": source, "finetune": QUICK | finetune}})  # fmt: skip
+        path, where = prepare_original(study, small_bench, digest, out, quiet)
+        assert path == out / "models" / "original"
+        return where
+
+    assert original(tmp_path / "m") == "shipped"
+    copied = load_file(tmp_path / "m" / "models" / "original" / "model.safetensors")
+    shipped = load_file(root / "a" / "model.safetensors")
     assert all(torch.equal(shipped[k], copied[k]) for k in shipped)
-    assert demo._original(small_bench, tmp_path / "m", config, True, quiet) == "cached"
-    other = FinetuneConfig(**QUICK | {"seed": 1})  # another config: the shipped model does not fit
-    assert demo._original(small_bench, tmp_path / "n", other, True, quiet) == "trained"
-    assert demo._original(small_bench, tmp_path / "o", config, False, quiet) == "trained"  # --retrain-original
-    assert json.loads((tmp_path / "n" / "finetune.json").read_text())["config"]["seed"] == 1
+    assert original(tmp_path / "m") == "cached"
+    assert original(tmp_path / "n", seed=1) == "trained"  # another config: the shipped model does not fit
+    assert original(tmp_path / "o", source="finetune") == "trained"  # model.source=finetune (--retrain-original)
+    assert json.loads((tmp_path / "n" / "models" / "original" / "finetune.json").read_text())["config"]["seed"] == 1

@@ -293,6 +293,9 @@ def run_study(study: StudyConfig, out: Path, console: Console | None = None) -> 
         for name in (k.removeprefix("verify ") for k in done if k.startswith("verify ")):
             row = models[name] if name in models else regime_rows[name]
             row |= {k: done[f"verify {name}"][k] for k in VERIFY_KEYS}
+        for row in regime_rows.values():  # the measured reversibility against what the source paper reports
+            if "verdict" in row:
+                row["as_expected"] = row["verdict"].split(",")[0] == row["expected"].split(",")[0]
         lap("verify")
     metrics = {
         "study": study.name,
@@ -302,7 +305,6 @@ def run_study(study: StudyConfig, out: Path, console: Console | None = None) -> 
             "forget_ratio": study.forget_ratio,
             "digest": digest,
         },  # fmt: skip
-        "original": source,
         "protocol": "loglik",
         "selection": {"forget_metric": selection[0], "target": selection[1], "kept": list(selection[2])},
         "models": models,

@@ -108,8 +108,10 @@ def write_report(study: StudyConfig, out: Path, data: BenchmarkData, metrics: di
         report.add(
             "Reversible or irreversible? The reference regimes",
             verdict_table(rows)
-            + "<p class='muted'>Expected (source paper): "
-            + "; ".join(f"{esc(r['title'])} → {esc(r['expected'])}" for r in regimes.values())
+            + "<p class='muted'>Expected (source paper) against measured: "
+            + "; ".join(f"{esc(r['title'])}: expected {esc(r['expected'])}, measured {esc(r.get('verdict'))} — "
+                        + ("as expected" if r.get("as_expected") else "<b>not as expected</b>")
+                        for r in regimes.values())
             + "</p>"
             + figure(depth_plot({r["title"]: r["probe"] for r in regimes.values()}, "regimes vs the original model"),
                      "solid: unlearned; dashed: after the relearning attack"),
