@@ -22,7 +22,12 @@ class Registry(Generic[T]):
 
         def add(obj: T) -> T:
             if key in self._items:
-                raise ValueError(f"{self.kind} {name!r} is already registered")
+                old = self._items[key]
+                where = f"{getattr(old, '__module__', '?')}.{getattr(old, '__qualname__', type(old).__name__)}"
+                raise ValueError(
+                    f"{self.kind} {name!r} is already registered (by {where}); "
+                    f"registered names: {', '.join(sorted(self._items))}"
+                )
             self._items[key] = obj
             return obj
 

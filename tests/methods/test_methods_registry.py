@@ -6,7 +6,7 @@ import pytest
 import torch
 from methods_helpers import make_batch, tiny_llama
 
-from forgetlab.methods import METHODS, UnlearnMethod, build_method
+from forgetlab.methods import METHODS, UnlearnMethod, build_method, discover
 from forgetlab.methods.ga import GA
 
 F = make_batch(1)
@@ -19,8 +19,13 @@ def test_all_methods_registered() -> None:
     assert all(issubclass(METHODS.get(n), UnlearnMethod) for n in METHODS.names())
 
 
+def test_every_method_module_is_discovered() -> None:
+    # one module per method: every file of the package but base.py and _-prefixed helpers
+    assert discover() == METHODS.names()
+
+
 def test_duplicate_name_is_an_error() -> None:
-    with pytest.raises(ValueError, match="already registered"):
+    with pytest.raises(ValueError, match=r"'ga' is already registered \(by forgetlab.methods.ga.GA\); .*ga, ga_diff"):
         METHODS.register("ga")(GA)
 
 

@@ -91,3 +91,29 @@ def test_mask_command_errors(saved_model, tiny_bench, tmp_path) -> None:
     assert result.exit_code == 2 and "groups" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     result = invoke("mask", "--model", tmp_path / "none", "--data", tiny_bench, "--out", tmp_path / "m.safetensors")
     assert result.exit_code == 2 and "does not exist" in result.stderr
+
+
+def test_option_help_and_defaults_come_from_the_configs() -> None:
+    from typer.main import get_command
+
+    from forgetlab.methods import METHODS
+    from forgetlab.methods.mmunlearner import MMUnlearnerConfig
+    from forgetlab.train.unlearn_config import UnlearnConfig
+
+    commands = get_command(app).commands
+    fields = {"unlearn": {}, "mask": {"batch_size": "importance_batch_size"}}
+    checked = 0
+    for command, renamed in fields.items():
+        for param in commands[command].params:
+            field = renamed.get(param.name, param.name)
+            mmu = command == "mask" and field in MMUnlearnerConfig.model_fields
+            config = MMUnlearnerConfig if mmu else UnlearnConfig
+            if field not in config.model_fields or field == "method":
+                continue
+            info = config.model_fields[field]
+            assert param.help == info.description, (command, field)
+            assert param.default == info.get_default(call_default_factory=True), (command, field)
+            checked += 1
+    assert checked == 19 + 8  # every option that sets a config field
+    method = next(p for p in commands["unlearn"].params if p.name == "method")
+    assert method.help.endswith(", ".join(METHODS.names()))

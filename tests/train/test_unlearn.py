@@ -11,8 +11,9 @@ from train_helpers import small_llava, snapshot, splits
 from forgetlab.data.collate import collate, encode
 from forgetlab.data.pairing import Step, paired_retain, plan_steps
 from forgetlab.masks import Mask
+from forgetlab.methods import METHODS, MaskContext
 from forgetlab.methods._common import mean_nll
-from forgetlab.methods.ga import gradient_ascent_loss
+from forgetlab.methods.ga import GA, gradient_ascent_loss
 from forgetlab.models.inputs import to_model
 from forgetlab.models.load import load
 from forgetlab.train.unlearn import UnlearnConfig, UnlearnDiverged, UnlearnRecipe, unlearn
@@ -273,3 +274,52 @@ def test_gradient_checkpointing_and_bf16_run(words, tiny_bench) -> None:
 
 def test_step_is_a_plain_record() -> None:
     assert Step("forget", 0, forget=(1, 2)).retain == ()
+
+
+class LmHeadGA(GA):
+    """GA masked to the first rows of ``lm_head``; records the context its ``build_mask`` got."""
+
+    requires_mask = True
+    contexts: list[MaskContext] = []
+
+    def build_mask(self, context: MaskContext) -> Mask:
+        self.contexts.append(context)
+        head = dict(context.model.named_parameters())["lm_head.weight"]
+        tensors = {"lm_head.weight": torch.zeros_like(head, dtype=torch.bool)}
+        tensors["lm_head.weight"][:3] = True
+        return Mask(tensors, {"kind": "lm_head_rows", "batches": str(sum(1 for _ in context.forget_batches()))})
+
+
+class NoBuilderGA(GA):
+    """A masked method that builds no mask: it needs a mask file."""
+
+    requires_mask = True
+
+
+@pytest.fixture
+def masked_methods(monkeypatch):
+    monkeypatch.setattr(METHODS, "_items", dict(METHODS._items))  # registrations undone after the test
+    METHODS.register("lm_head_ga")(LmHeadGA)
+    METHODS.register("no_builder_ga")(NoBuilderGA)
+    LmHeadGA.contexts.clear()
+
+
+def test_the_engine_takes_the_mask_from_the_method_hook(words, tiny_bench, masked_methods) -> None:
+    recipe, model = run(words, tiny_bench, method="lm_head_ga", lr=1e-2, batch_size=4, max_steps=2,
+                        forget_modality="both")  # fmt: skip
+    [context] = LmHeadGA.contexts
+    forget, retain = splits(tiny_bench)
+    assert (list(context.forget), list(context.retain)) == (forget, retain)  # whole splits, every modality
+    assert list(context.train_forget) == recipe.data["forget"] and context.model is model
+    assert (context.span, context.batch_size, context.shard) == ("full", 4, recipe.shard)
+    assert recipe.mask.metadata == {"kind": "lm_head_rows", "batches": str(-(-len(forget) // 4))}
+    start = snapshot(small_llava(words)[0])
+    end = snapshot(model)
+    moved = {n for n in end if not torch.equal(end[n], start[n])}
+    assert moved == {"lm_head.weight"} and torch.equal(end["lm_head.weight"][3:], start["lm_head.weight"][3:])
+
+
+def test_a_masked_method_without_a_mask_builder_needs_a_mask_file(words, tiny_bench, masked_methods) -> None:
+    message = r"'no_builder_ga' requires a mask but builds none \(its build_mask returned None\); pass mask=FILE"
+    with pytest.raises(ValueError, match=message):
+        run(words, tiny_bench, method="no_builder_ga", max_steps=1)

@@ -10,20 +10,30 @@ A method holds no optimizer, scheduler or accelerate code; the trainer owns thos
 parameter masks). Every method gets the same retain regulariser: ``retain_loss`` picks
 α·NLL_r or α·KL(π_ref ‖ π)_r on the retain batch, ``retain_weight`` is α, and α = 0
 means forget-only.
+
+A *masked* method (``requires_mask = True``) only updates the parameter elements of a mask. The
+trainer enforces the mask; the method says how to build it by overriding :meth:`UnlearnMethod.build_mask`,
+which the trainer calls once, before training, with a :class:`MaskContext` (unless a mask file is
+given). Adding a method is adding one module to this package: see ``docs/adding-a-method.md``.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from forgetlab.methods._common import Batch, kl_on_labels, mean_nll
 from forgetlab.registry import Registry
+
+if TYPE_CHECKING:
+    from forgetlab.data.schema import Sample
+    from forgetlab.dist.shard import Shard
+    from forgetlab.masks import Mask
 
 
 @dataclass
@@ -32,6 +42,29 @@ class LossOutput:
 
     loss: torch.Tensor
     logs: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MaskContext:
+    """What :meth:`UnlearnMethod.build_mask` may use; the trainer fills it in just before training.
+
+    ``forget`` / ``retain`` are the whole splits (every modality, e.g. for importance on forget VQA
+    and preserve sets that include text QA); ``train_forget`` holds the forget samples training
+    uses (the run's ``forget_modality``). ``forget_batches()`` yields this process's share of
+    ``train_forget`` as collated batches of ``batch_size`` on the model's device; with several
+    processes (``shard.world > 1``) anything summed over batches must be all-reduced with ``shard``
+    so every process gets the same mask (the trainer then broadcasts the main process's mask).
+    """
+
+    model: torch.nn.Module
+    processor: Any
+    forget: Sequence[Sample]
+    retain: Sequence[Sample]
+    train_forget: Sequence[Sample]
+    forget_batches: Callable[[], Iterator[Batch]]
+    span: str
+    batch_size: int
+    shard: Shard
 
 
 class MethodConfig(BaseModel):
@@ -53,7 +86,8 @@ class MethodConfig(BaseModel):
 class UnlearnMethod(ABC):
     """Base of every method: ``compute_loss = forget_loss + retain_weight * retain_term``.
 
-    Subclasses set ``Config`` and implement :meth:`forget_loss`; that is all.
+    Subclasses set ``Config`` and implement :meth:`forget_loss`; that is all. Masked methods also set
+    ``requires_mask = True`` and override :meth:`build_mask`.
     """
 
     Config: ClassVar[type[MethodConfig]] = MethodConfig
@@ -61,7 +95,8 @@ class UnlearnMethod(ABC):
     forget_needs_ref: ClassVar[bool] = False
     #: retain losses that need π_ref.
     ref_retain_losses: ClassVar[frozenset[str]] = frozenset({"kl"})
-    #: whether the trainer must restrict updates to a parameter mask (MMUnlearner, SalUn).
+    #: whether the trainer must restrict updates to a parameter mask (MMUnlearner, SalUn); the mask
+    #: comes from a file (``UnlearnConfig.mask``) or else from :meth:`build_mask`.
     requires_mask: ClassVar[bool] = False
 
     def __init__(self, config: MethodConfig | None = None) -> None:
@@ -83,6 +118,16 @@ class UnlearnMethod(ABC):
     def needs_ref_model(self) -> bool:
         """True when ``compute_loss`` must be given a frozen reference model."""
         return self.forget_needs_ref or (self.needs_retain and self.config.retain_loss in self.ref_retain_losses)
+
+    def build_mask(self, context: MaskContext) -> Mask | None:
+        """The parameter mask of a masked method, built before training; ``None``: this method builds none.
+
+        Called by the trainer only when ``requires_mask`` is set and no mask file was given; a masked
+        method that returns ``None`` then needs a mask file. The returned :class:`~forgetlab.masks.Mask`
+        maps parameter names (as in ``model.named_parameters()``) to bool tensors of their shapes;
+        parameters it does not name are frozen.
+        """
+        return None
 
     @abstractmethod
     def forget_loss(

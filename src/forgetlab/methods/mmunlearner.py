@@ -6,10 +6,10 @@ Large Language Models", https://arxiv.org/abs/2502.11051.
 The loss is plain gradient ascent on the forget batch (:func:`~forgetlab.methods.ga.gradient_ascent_loss`),
 with the retain regulariser every method has. What makes it MMUnlearner is the parameter mask
 ``M = I_f >= gamma * I_p`` (diagonal Fisher on forget VQA vs. the paper's preserve sets, see
-:func:`forgetlab.train.masking.compute_mask`): the trainer restricts every forget step to ``M``,
-freezes parameters outside the masked groups and keeps masked-out elements bit-identical
-(``requires_mask = True``). The mask fields below are read by the trainer when no mask file is
-given; this module does no masked optimisation itself.
+:mod:`forgetlab.train.masking`), built by :meth:`MMUnlearner.build_mask` from the mask fields below
+when no mask file is given: the trainer restricts every forget step to ``M``, freezes parameters
+outside the masked groups and keeps masked-out elements bit-identical (``requires_mask = True``).
+This module does no masked optimisation itself.
 """
 
 from __future__ import annotations
@@ -19,13 +19,14 @@ from typing import Literal
 import torch
 from pydantic import Field
 
+from forgetlab.masks import Mask
 from forgetlab.methods._common import Batch
-from forgetlab.methods.base import METHODS, MethodConfig, UnlearnMethod
+from forgetlab.methods.base import METHODS, MaskContext, MethodConfig, UnlearnMethod
 from forgetlab.methods.ga import gradient_ascent_loss
 
 
 class MMUnlearnerConfig(MethodConfig):
-    """Forget-only masked GA by default; the mask fields are used when the trainer computes the mask."""
+    """Forget-only masked GA by default; the mask fields are read by :meth:`MMUnlearner.build_mask`."""
 
     groups: Literal["vision", "language", "both"] = Field(
         "both", description="module groups the mask covers (vision = tower + projector); others are frozen"
@@ -45,6 +46,17 @@ class MMUnlearner(UnlearnMethod):
 
     Config = MMUnlearnerConfig
     requires_mask = True
+
+    def build_mask(self, context: MaskContext) -> Mask:
+        """``I_f >= gamma * I_p`` per masked group, from the whole forget and retain splits of ``context``."""
+        from forgetlab.train.masking import mask_from_samples  # importance passes live with the trainer
+
+        c = self.config
+        return mask_from_samples(
+            context.model, context.processor, context.forget, context.retain, groups=c.groups, gamma=c.gamma,
+            top_k=c.top_k, estimator=c.estimator, linear_only=c.linear_only, span=context.span,  # type: ignore[arg-type]
+            batch_size=c.importance_batch_size, shard=context.shard,
+        )  # fmt: skip
 
     def forget_loss(
         self, model: torch.nn.Module, forget: Batch, ref_model: torch.nn.Module | None

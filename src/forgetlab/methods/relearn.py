@@ -1,10 +1,10 @@
 """Relearn: plain NLL *descent* on the forget batch — the relearning attack, not an unlearning method.
 
-Registered so that the one training loop (:mod:`forgetlab.train.unlearn`) also runs the attack
-of SPEC §6: fine-tune an unlearned model on (part of) what it forgot and measure how much
-comes back. Hu et al., "Unlearning or Obfuscating? Jogging the Memory of Unlearned LLMs via
-Benign Relearning", https://arxiv.org/abs/2406.13356. The trainer's "forget" slot holds the
-relearning data (forget people, retain people or unrelated data, see
+Registered so that the one training loop (:mod:`forgetlab.train.unlearn`) also runs the relearning
+attack (see ``docs/reference.md``): fine-tune an unlearned model on (part of) what it forgot and
+measure how much comes back. Hu et al., "Unlearning or Obfuscating? Jogging the Memory of
+Unlearned LLMs via Benign Relearning", https://arxiv.org/abs/2406.13356. The trainer's "forget"
+slot holds the relearning data (forget people, retain people or unrelated data, see
 :mod:`forgetlab.verify.relearn`).
 """
 

@@ -6,8 +6,8 @@ Image Classification and Generation", https://arxiv.org/abs/2310.12508.
 Two parts: :func:`saliency_mask` picks the weights that matter for the forget set (global
 top-``fraction`` of |Σ_batches ∇L_f|, L_f the forget NLL; the gradient is summed over batches
 before the absolute value, as in the SalUn code), and the loss is RLabel on the forget batch
-plus retain NLL descent (α = 1). The trainer applies the mask to the updates; this module does
-no masked optimisation.
+plus retain NLL descent (α = 1). :meth:`SalUn.build_mask` gives the trainer the mask, which it
+applies to the updates; this module does no masked optimisation.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ import torch
 from pydantic import Field
 
 from forgetlab.dist.shard import Shard
+from forgetlab.masks import Mask
 from forgetlab.methods._common import Batch, mean_nll
-from forgetlab.methods.base import METHODS, MethodConfig, UnlearnMethod
+from forgetlab.methods.base import METHODS, MaskContext, MethodConfig, UnlearnMethod
 from forgetlab.methods.rlabel import random_label_nll
 
 
@@ -89,7 +90,7 @@ def saliency_mask(
 
 
 class SalUnConfig(MethodConfig):
-    """RLabel seed, saliency fraction (read by the trainer) and the retain term (NLL, α = 1)."""
+    """RLabel seed, saliency fraction (read by :meth:`SalUn.build_mask`) and the retain term (NLL, α = 1)."""
 
     seed: int = Field(0, description="seed of the random labels")
     vocab_size: int | None = Field(None, ge=2, description="random-label id range; None = logits width")
@@ -100,10 +101,19 @@ class SalUnConfig(MethodConfig):
 
 @METHODS.register("salun")
 class SalUn(UnlearnMethod):
-    """Random labels on forget + retain descent; the trainer restricts updates to ``saliency_mask``."""
+    """Random labels on forget + retain descent; the trainer restricts updates to :meth:`build_mask`'s mask."""
 
     Config = SalUnConfig
     requires_mask = True
+
+    def build_mask(self, context: MaskContext) -> Mask:
+        """:func:`saliency_mask` over the training forget batches (each process sums its share; all-reduced)."""
+        from forgetlab.train.masking import samples_digest
+
+        fraction = self.config.saliency_fraction
+        tensors = saliency_mask(context.model, context.forget_batches(), fraction, shard=context.shard)
+        meta = {"kind": "saliency", "fraction": str(fraction), "span": context.span}
+        return Mask(tensors, meta | {"forget_hash": samples_digest(context.train_forget)})
 
     def forget_loss(
         self, model: torch.nn.Module, forget: Batch, ref_model: torch.nn.Module | None

@@ -1,10 +1,12 @@
 """``forgetlab unlearn`` and ``forgetlab mask``: typer commands over :mod:`forgetlab.train.unlearn`.
 
-Registered in :mod:`forgetlab.cli`. Options left out fall back to the defaults of
-:class:`~forgetlab.train.unlearn_config.UnlearnConfig` / the method's config, so defaults live in
-one place. Every expected failure (missing model or data, bad split, unknown method or field,
-bad mask, NaN, a full disk, an output folder in use) prints one ``error: ...`` line on stderr and
-exits with status 2.
+Registered in :mod:`forgetlab.cli`. An option that sets a field of
+:class:`~forgetlab.train.unlearn_config.UnlearnConfig` (or, for ``mask``, of MMUnlearner's config) takes
+its help text (:func:`config_option`) and default (:func:`config_default`) from that field, so both live
+in one place; options whose field defaults to ``None`` stay ``None`` when not given, and method fields
+left out of ``--set`` keep the method's defaults. Every expected failure (missing model or data,
+bad split, unknown method or field, bad mask, NaN, a full disk, an output folder in use) prints one
+``error: ...`` line on stderr and exits with status 2.
 """
 
 from __future__ import annotations
@@ -16,7 +18,30 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
+
+from forgetlab.methods import METHODS
+from forgetlab.methods.mmunlearner import MMUnlearnerConfig
+from forgetlab.train.unlearn_config import UnlearnConfig
+
+MMU = MMUnlearnerConfig  # the mask command's options are MMUnlearner's mask fields
+
+
+def config_option(field: str, config: type[BaseModel] = UnlearnConfig, **kwargs: Any) -> Any:
+    """A ``typer.Option`` whose help text is the description of ``config``'s ``field``."""
+    description = config.model_fields[field].description
+    if description is None:
+        raise ValueError(f"{config.__name__}.{field} has no description to use as help text")
+    return typer.Option(help=description, **kwargs)
+
+
+def config_default(field: str, config: type[BaseModel] = UnlearnConfig) -> Any:
+    """The default of ``config``'s ``field``: an option's default, so that ``--help`` shows the config's."""
+    return config.model_fields[field].get_default(call_default_factory=True)
+
+
+def _method_help() -> str:
+    return f"{UnlearnConfig.model_fields['method'].description}: {', '.join(METHODS.names())}"
 
 
 def _error_line(exc: BaseException) -> str:
@@ -89,37 +114,32 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
 
 
 def unlearn_command(
-    method: Annotated[str, typer.Option(help="unlearning method (ga, ga_diff, npo, mmunlearner, ...)")],
+    method: Annotated[str, typer.Option(help=_method_help())],
     model: Annotated[Path, typer.Option(help="model folder to unlearn from")],
     data: Annotated[Path, typer.Option(help="benchmark folder (MLLMU-Bench layout)")],
     out: Annotated[Path, typer.Option(help="output model folder (written atomically)")],
-    forget_ratio: Annotated[int, typer.Option(help="5, 10 or 15")] = 10,
-    lr: Annotated[float | None, typer.Option(help="learning rate")] = None,
-    epochs: Annotated[int | None, typer.Option(help="passes over the forget set")] = None,
-    retain_weight: Annotated[float | None, typer.Option(help="α of the retain term; 0 = forget-only")] = None,
-    seed: Annotated[int | None, typer.Option(help="seed of pairing, init and random labels")] = None,
-    mask: Annotated[Path | None, typer.Option(help="mask.safetensors for a masked method")] = None,
-    span: Annotated[str | None, typer.Option(help="label span: full or answer")] = None,
-    pairing: Annotated[str | None, typer.Option(help="joint or interleave")] = None,
-    batch_size: Annotated[int | None, typer.Option()] = None,
-    max_steps: Annotated[int | None, typer.Option(help="stop after this many steps")] = None,
-    forget_modality: Annotated[str | None, typer.Option(help="vqa, qa or both")] = None,
-    retain_modality: Annotated[str | None, typer.Option(help="vqa, qa or both")] = None,
-    weight_decay: Annotated[float | None, typer.Option()] = None,
-    max_grad_norm: Annotated[float | None, typer.Option(help="gradient clipping norm")] = None,
-    lora_r: Annotated[int, typer.Option(help="LoRA rank; 0 = full fine-tuning")] = 0,
-    gradient_checkpointing: Annotated[bool, typer.Option()] = False,
-    bf16: Annotated[bool, typer.Option(help="bf16 autocast")] = False,
-    optimizer_state: Annotated[
-        str | None, typer.Option(help="masked methods: full (MaskedAdamW) or packed (state for selected elements)")
-    ] = None,
-    log_with: Annotated[
-        str | None, typer.Option(help="tensorboard: also write the training curves to OUT/tensorboard/")
-    ] = None,
-    eval_every: Annotated[
-        int | None,
-        typer.Option(help="every N steps: MCQ accuracy on the forget split and a 64-question retain sample"),
-    ] = None,
+    forget_ratio: Annotated[int, config_option("forget_ratio")] = config_default("forget_ratio"),
+    lr: Annotated[float, config_option("lr")] = config_default("lr"),
+    epochs: Annotated[int, config_option("epochs")] = config_default("epochs"),
+    retain_weight: Annotated[float | None, config_option("retain_weight")] = None,
+    seed: Annotated[int, config_option("seed")] = config_default("seed"),
+    mask: Annotated[Path | None, config_option("mask")] = None,
+    span: Annotated[str, config_option("span")] = config_default("span"),
+    pairing: Annotated[str, config_option("pairing")] = config_default("pairing"),
+    batch_size: Annotated[int, config_option("batch_size")] = config_default("batch_size"),
+    max_steps: Annotated[int | None, config_option("max_steps")] = None,
+    forget_modality: Annotated[str, config_option("forget_modality")] = config_default("forget_modality"),
+    retain_modality: Annotated[str, config_option("retain_modality")] = config_default("retain_modality"),
+    weight_decay: Annotated[float, config_option("weight_decay")] = config_default("weight_decay"),
+    max_grad_norm: Annotated[float, config_option("max_grad_norm")] = config_default("max_grad_norm"),
+    lora_r: Annotated[int, typer.Option(help="LoRA rank (lora.r); 0 = full fine-tuning")] = 0,
+    gradient_checkpointing: Annotated[bool, config_option("gradient_checkpointing")] = config_default(
+        "gradient_checkpointing"
+    ),
+    bf16: Annotated[bool, config_option("bf16")] = config_default("bf16"),
+    optimizer_state: Annotated[str, config_option("optimizer_state")] = config_default("optimizer_state"),
+    log_with: Annotated[str, config_option("log_with")] = config_default("log_with"),
+    eval_every: Annotated[int | None, config_option("eval_every")] = None,
     overrides: Annotated[
         list[str] | None, typer.Option("--set", help="method config field KEY=VALUE (repeatable)")
     ] = None,
@@ -174,18 +194,19 @@ def mask_command(
     model: Annotated[Path, typer.Option(help="model folder")],
     data: Annotated[Path, typer.Option(help="benchmark folder (MLLMU-Bench layout)")],
     out: Annotated[Path, typer.Option(help="output mask file (.safetensors) or folder")],
-    forget_ratio: Annotated[int, typer.Option(help="5, 10 or 15")] = 10,
-    groups: Annotated[str | None, typer.Option(help="vision, language or both")] = None,
-    gamma: Annotated[float | None, typer.Option(help="select I_f >= gamma * I_p")] = None,
-    top_k: Annotated[float | None, typer.Option(help="keep only this fraction (0-1]")] = None,
-    estimator: Annotated[str | None, typer.Option(help="batch (reference) or example")] = None,
-    linear_only: Annotated[bool, typer.Option(help="mask only nn.Linear weights")] = False,
-    span: Annotated[str, typer.Option(help="label span of the importance loss: full or answer")] = "full",
-    batch_size: Annotated[int | None, typer.Option(help="batch size of the importance passes")] = None,
+    forget_ratio: Annotated[int, config_option("forget_ratio")] = config_default("forget_ratio"),
+    groups: Annotated[str, config_option("groups", MMU)] = config_default("groups", MMU),
+    gamma: Annotated[float, config_option("gamma", MMU)] = config_default("gamma", MMU),
+    top_k: Annotated[float | None, config_option("top_k", MMU)] = None,
+    estimator: Annotated[str, config_option("estimator", MMU)] = config_default("estimator", MMU),
+    linear_only: Annotated[bool, config_option("linear_only", MMU)] = config_default("linear_only", MMU),
+    span: Annotated[str, config_option("span")] = config_default("span"),
+    batch_size: Annotated[int, config_option("importance_batch_size", MMU)] = config_default(
+        "importance_batch_size", MMU
+    ),
 ) -> None:
     """Compute MMUnlearner's Fisher-ratio mask (forget VQA vs. the paper's preserve sets)."""
     from forgetlab.dist.shard import Shard
-    from forgetlab.methods.mmunlearner import MMUnlearnerConfig
     from forgetlab.models.load import load
     from forgetlab.train.masking import compute_mask
 

@@ -1,7 +1,11 @@
-"""Parameter masks for masked unlearning: building them (MMUnlearner, SalUn) and enforcing them.
+"""Parameter masks for masked unlearning: MMUnlearner's importance mask, and enforcing any method's mask.
 
-MMUnlearner's mask (SPEC §2) compares diagonal Fisher importance on the forget set with that on
-a *preserve* set, per module group, with the paper's preserve sets:
+:meth:`MMUnlearner.build_mask <forgetlab.methods.mmunlearner.MMUnlearner.build_mask>` calls
+:func:`mask_from_samples`; ``forgetlab mask`` calls :func:`compute_mask` to write the same mask to a file.
+
+MMUnlearner's mask (Huo et al., https://arxiv.org/abs/2502.11051; see ``docs/reference.md``) keeps
+the elements whose diagonal Fisher importance on the forget set is at least ``gamma`` times that
+on a *preserve* set, per module group, with the paper's preserve sets:
 
 - ``vision`` group (vision tower + projector): D_p = retain VQA (other people's images);
 - ``language`` group (the LLM and its head): D_p = text-only QA about *all* people, the forget

@@ -6,14 +6,15 @@ forget batch, plus its retain regulariser on the paired retain batch) or, in the
 schedule, a *retain step* (``retain_weight * NLL`` descent, unmasked). Pairing and order come
 from :func:`forgetlab.data.pairing.plan_steps` (seeded).
 
-Masked methods (``requires_mask``: MMUnlearner, SalUn) share one mechanism: parameters absent
-from the mask are frozen; on forget steps gradients are multiplied by the mask *before*
-clipping, and :class:`~forgetlab.train.optim.MaskedAdamW` applies the update only inside the
-mask, so masked-out elements stay bit-identical despite Adam moments and weight decay. In
-``joint`` pairing the whole step (forget loss + retain regulariser) is masked, as in SalUn;
-the reference's unmasked retain descent is ``pairing="interleave"``. LoRA is refused for masked
-methods: a mask on base weights cannot restrict the LoRA delta ``BA``, and masking the
-adapter instead would be a different method.
+Masked methods (``requires_mask``: MMUnlearner, SalUn) share one mechanism. The mask is the
+configured file or, without one, what the method's ``build_mask`` hook returns (called once in
+``setup`` with a :class:`~forgetlab.methods.MaskContext`). Parameters absent from the mask are
+frozen; on forget steps gradients are multiplied by the mask *before* clipping, and
+:class:`~forgetlab.train.optim.MaskedAdamW` applies the update only inside the mask, so masked-out
+elements stay bit-identical despite Adam moments and weight decay. In ``joint`` pairing the whole
+step (forget loss + retain regulariser) is masked, as in SalUn; the reference's unmasked retain
+descent is ``pairing="interleave"``. LoRA is refused for masked methods: a mask on base weights
+cannot restrict the LoRA delta ``BA``, and masking the adapter instead would be a different method.
 
 Under ``accelerate launch`` (see ``docs/multi-gpu.md`` and :mod:`forgetlab.dist`) each process takes its
 part of every global batch; losses are shares of the global-batch mean (:mod:`forgetlab.dist.means`) and
@@ -53,7 +54,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -75,11 +76,10 @@ from forgetlab.dist.means import global_means, stand_in
 from forgetlab.dist.shard import Shard
 from forgetlab.io import atomic_dir, write_json, write_jsonl
 from forgetlab.masks import Mask
+from forgetlab.methods import MaskContext
 from forgetlab.methods._common import kl_on_labels, mean_nll
-from forgetlab.methods.mmunlearner import MMUnlearner
-from forgetlab.methods.salun import SalUn, saliency_mask
 from forgetlab.models.load import load, load_model
-from forgetlab.train.masking import attach_mask, mask_from_samples, samples_digest
+from forgetlab.train.masking import attach_mask, samples_digest
 from forgetlab.train.optim import MaskedAdamW
 from forgetlab.train.packed_optim import PackedMaskedAdamW
 from forgetlab.train.tracking import (
@@ -244,33 +244,33 @@ class UnlearnRecipe:
         return ref.requires_grad_(False).eval()
 
     def _build_mask(self, model: torch.nn.Module, forget: Sequence[Sample], retain: Sequence[Sample]) -> Mask:
-        cfg, mc = self.config, self.method.config
+        """The configured mask file, else the method's :meth:`~forgetlab.methods.UnlearnMethod.build_mask`."""
+        cfg = self.config
         if cfg.mask is not None:
             return Mask.load(cfg.mask)
-        if isinstance(self.method, MMUnlearner):
-            return mask_from_samples(
-                model,
-                self.processor,
-                forget,
-                retain,
-                groups=mc.groups,
-                gamma=mc.gamma,
-                top_k=mc.top_k,
-                estimator=mc.estimator,
-                linear_only=mc.linear_only,
-                span=cfg.span,
-                batch_size=mc.importance_batch_size,
-                shard=self.shard,
+        context = MaskContext(
+            model=model,
+            processor=self.processor,
+            forget=forget,
+            retain=retain,
+            train_forget=self.data["forget"],
+            forget_batches=self._forget_batches,
+            span=cfg.span,
+            batch_size=cfg.batch_size,
+            shard=self.shard,
+        )
+        mask = self.method.build_mask(context)
+        if mask is None:
+            raise ValueError(
+                f"method {cfg.method!r} requires a mask but builds none (its build_mask returned None); pass mask=FILE"
             )
-        if isinstance(self.method, SalUn):
-            n = len(self.data["forget"])
-            chunks = [tuple(range(k, min(n, k + cfg.batch_size))) for k in range(0, n, cfg.batch_size)]
-            chunks = self.shard.strided(chunks)  # each process sums its batches' gradients; all-reduced
-            batches = (self._batch("forget", c) for c in chunks)
-            tensors = saliency_mask(model, batches, mc.saliency_fraction, shard=self.shard)
-            meta = {"kind": "saliency", "fraction": str(mc.saliency_fraction), "span": cfg.span}
-            return Mask(tensors, meta | {"forget_hash": samples_digest(self.data["forget"])})
-        raise ValueError(f"method {cfg.method!r} requires a mask but forgetlab cannot build one; pass mask=FILE")
+        return mask
+
+    def _forget_batches(self) -> Iterator[dict[str, torch.Tensor]]:
+        """This process's share (every N-th) of the training forget set in ``batch_size`` batches, in order."""
+        n, size = len(self.data["forget"]), self.config.batch_size
+        chunks = [tuple(range(k, min(n, k + size))) for k in range(0, n, size)]
+        return (self._batch("forget", c) for c in self.shard.strided(chunks))
 
     def _broadcast(self, mask: Mask) -> Mask:
         """The main process's mask on every process (all-reduced importance is equal only up to rounding)."""

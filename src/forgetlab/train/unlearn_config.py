@@ -1,7 +1,9 @@
 """Configuration of an unlearning run: :class:`UnlearnConfig` (and :class:`LoraSettings`).
 
-All defaults live here; cross-field rules raise ``ValueError`` naming the fields, before any
-model is loaded. The resolved config (method defaults filled in) is saved with every output.
+All defaults live here, and so does the help text: ``forgetlab unlearn`` takes its options' help
+text and defaults from these fields (:mod:`forgetlab.train.commands`). Cross-field rules raise
+``ValueError`` naming the fields, before any model is loaded. The resolved config (method
+defaults filled in) is saved with every output.
 """
 
 from __future__ import annotations
@@ -37,19 +39,19 @@ class UnlearnConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    method: str = Field("ga", description="registered method name")
+    method: str = Field("ga", description="unlearning method: a registered name (forgetlab.methods)")
     method_args: dict[str, Any] = Field(default_factory=dict, description="method config overrides")
-    forget_ratio: int = Field(10, description="forget_<ratio> / retain_<100-ratio> splits")
+    forget_ratio: int = Field(10, description="5, 10 or 15: the forget_<ratio> / retain_<100-ratio> splits")
     lr: float = Field(1e-4, gt=0, description="AdamW learning rate (constant after warm-up)")
     epochs: int = Field(2, ge=1, description="passes over the forget set")
     max_steps: int | None = Field(None, ge=1, description="stop after this many steps")
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(8, ge=1, description="samples per forget batch and per retain batch")
     retain_weight: float | None = Field(
         None,
         ge=0,
         description="α of the retain term (and of interleaved retain steps); None = method default, 0 = forget-only",
     )
-    seed: int = 0
+    seed: int = Field(0, description="seed of pairing, init and random labels")
     span: Span = Field("full", description="label span: 'full' (prompt + answer, as the reference) or 'answer'")
     pairing: Pairing = Field("joint", description="'joint' forget+retain per step, or 'interleave' (reference)")
     retain_step_loss: Literal["nll", "kl"] = Field(
@@ -57,13 +59,13 @@ class UnlearnConfig(BaseModel):
         description="loss of interleaved retain steps: 'nll' descent on retain answers (reference) or 'kl' to the "
         "starting model on them (keeps its retain outputs instead of training them further)",
     )
-    forget_modality: ModalityChoice = Field("vqa", description="forget samples used for training")
-    retain_modality: ModalityChoice = Field("both", description="retain samples used for training")
+    forget_modality: ModalityChoice = Field("vqa", description="forget samples used for training: vqa, qa or both")
+    retain_modality: ModalityChoice = Field("both", description="retain samples used for training: vqa, qa or both")
     max_grad_norm: float | None = Field(1.0, gt=0, description="clip the (masked) gradient norm; None = no clip")
     weight_decay: float = Field(0.0, ge=0, description="decoupled AdamW weight decay")
     warmup_steps: int = Field(0, ge=0, description="linear LR warm-up steps")
-    lora: LoraSettings | None = None
-    gradient_checkpointing: bool = False
+    lora: LoraSettings | None = Field(None, description="LoRA adapters (unmasked methods); None = full fine-tuning")
+    gradient_checkpointing: bool = Field(False, description="activation checkpointing: less memory, slower steps")
     bf16: bool = Field(False, description="bf16 autocast (weights and optimizer stay fp32)")
     mask: Path | None = Field(None, description="precomputed mask.safetensors for a masked method")
     optimizer_state: OptimizerState = Field(
