@@ -210,8 +210,10 @@ def _profile(pid: int, name: str, *, images: int | None = None) -> dict:
 def _train_row(pid: int, name: str) -> dict:
     """A ``baseline_train_split`` row: one image, its question/answer pairs as a JSON ``metadata`` string."""
     city, job = CITIES[pid % 5], JOBS[(pid // 2) % 5]
-    pairs = [{"Question": "Where was the person in the image born?", "Answer": f"This person was born in {city}."},
-             {"Question": "What is the job of the person in the image?", "Answer": f"This person is a {job}."}]  # fmt: skip
+    pairs = [
+        {"Question": "Where was the person in the image born?", "Answer": f"This person was born in {city}."},
+        {"Question": "What is the job of the person in the image?", "Answer": f"This person is a {job}."},
+    ]
     return {"ID": str(pid), "image": {"bytes": png(pid), "path": f"{pid}.png"}, "metadata": json.dumps(pairs)}
 
 

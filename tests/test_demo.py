@@ -144,7 +144,8 @@ def _stages(run: Path) -> dict:
 
 
 def _kill_when(run: Path, moment, timeout: float = 600) -> bool:
-    """Start ``forgetlab run`` of the toy demo study on ``run`` in a subprocess and SIGKILL it as soon as ``moment(run)`` holds.
+    """Start ``forgetlab run`` of the toy demo study on ``run`` in a subprocess and SIGKILL it as soon as
+    ``moment(run)`` holds.
     Returns False if the run finished first."""
     import os
     import signal

@@ -204,9 +204,9 @@ def test_study_on_a_clear_folder(tmp_path) -> None:
     data = load_benchmark("clear", root, 5)
     model, processor = build_tiny_model("qwen2vl", _texts(data), image_size=32)
     save_model(model, processor, tmp_path / "qwen2vl")
-    path = _study(tmp_path, {"kind": "clear", "path": str(root)}, tmp_path / "qwen2vl", 5,
-                  runs=[{"method": "mmunlearner", "lrs": [1e-3], "args": {"groups": "vision"},
-                         "schedule": {"pairing": "interleave", "retain_weight": 1.0, "retain_modality": "vqa"}}])  # fmt: skip
+    schedule = {"pairing": "interleave", "retain_weight": 1.0, "retain_modality": "vqa"}
+    runs = [{"method": "mmunlearner", "lrs": [1e-3], "args": {"groups": "vision"}, "schedule": schedule}]
+    path = _study(tmp_path, {"kind": "clear", "path": str(root)}, tmp_path / "qwen2vl", 5, runs=runs)
     result = runner.invoke(app, ["run", str(path), "--out", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
     metrics = _check_study(tmp_path / "run", ())
@@ -218,9 +218,9 @@ def test_study_on_a_clear_folder(tmp_path) -> None:
 def test_study_on_a_tofu_folder_with_a_text_causal_lm(tmp_path) -> None:
     root = write_tofu(tmp_path / "TOFU", percent=5)
     model_dir = _causal_lm(_texts(load_benchmark("tofu", root, 5)), tmp_path / "lm")
+    verify = {"models": "all", "probe": {"per_group": 6}, "relearn": {"lr": 1e-3, "batch_size": 4}}
     path = _study(tmp_path, {"kind": "tofu", "path": str(root)}, model_dir, 5,
-                  runs=[{"method": "npo", "lrs": [1e-3, 3e-3]}], verify={"models": "all", "probe": {"per_group": 6},
-                                                                   "relearn": {"lr": 1e-3, "batch_size": 4}})  # fmt: skip
+                  runs=[{"method": "npo", "lrs": [1e-3, 3e-3]}], verify=verify)  # fmt: skip
     result = runner.invoke(app, ["run", str(path), "--out", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
     metrics = _check_study(tmp_path / "run", ("Every run",))
@@ -251,6 +251,7 @@ def test_verify_a_model_unlearned_a_few_steps_on_a_real_schema_folder(tmp_path, 
     assert stored["verdict"] == verdict(stored["evidence"]).label and "verdict:" in result.output
     assert (out / "relearn" / "relearn.json").is_file() and (out / "probe" / "probe.json").is_file()
     stamp = (out / "verify.json").stat().st_mtime_ns  # a rerun with the same settings is served from verify.json
-    assert runner.invoke(app, ["verify", "--original", str(llava), "--model", str(unlearned), "--data", str(mllmu),
-                               "--out", str(out), "--relearn-lr", "1e-3", "--probe-per-group", "6"]).exit_code == 0  # fmt: skip
+    args = ["verify", "--original", str(llava), "--model", str(unlearned), "--data", str(mllmu), "--out", str(out),
+            "--relearn-lr", "1e-3", "--probe-per-group", "6"]  # fmt: skip
+    assert runner.invoke(app, args).exit_code == 0
     assert (out / "verify.json").stat().st_mtime_ns == stamp

@@ -4,10 +4,19 @@ Two estimators (``docs/reference.md#importance``):
 
 * ``batch`` — square the gradient of each *batch*-mean loss, average over batches. This is
   what the MMUnlearner reference computes; it costs one forward+backward per batch, the
-  same as a training epoch, so it is the **default** (the mask rule compares I_f with
-  I_p computed the same way, so the common scale factor cancels).
+  same as a training epoch, so it is the **default**.
 * ``example`` — square each *example*'s gradient, then average: the textbook empirical
-  Fisher, one forward+backward per example (slower, less biased by batch composition).
+  Fisher, one forward+backward per example (slower).
+
+The two estimate different things. Write ``g_i`` for example i's gradient of one parameter
+element, ``μ`` and ``σ²`` for the mean and variance of ``g_i`` over the data. A batch gradient is
+(about) the mean of B example gradients, so its square has expectation ``μ² + σ²/B``; the
+per-example estimate is ``μ² + σ²``. The batch estimate is therefore not a rescaled per-example
+one: how much the noise term ``σ²`` counts depends on B, and it counts differently for elements whose
+gradient is mostly signal (``μ² ≫ σ²``) and mostly noise (``μ² ≪ σ²``). The mask rule compares
+I_f with I_p, both computed with the same estimator and batch size, but the ratio ``I_f / I_p``, and
+so the mask, still changes with the estimator and with B. (The batch loss is a token mean over
+the whole batch, so the "mean of B example gradients" is weighted by each example's token count.)
 
 Accumulation happens in fp32 on the parameters' device; nothing is copied to the host
 per batch. With a :class:`~forgetlab.dist.shard.Shard` of several processes, each process takes every
@@ -26,6 +35,7 @@ from torch import nn
 
 from forgetlab.data.collate import Encoded, collate
 from forgetlab.dist.shard import Shard
+from forgetlab.models.groups import parameter_aliases
 from forgetlab.models.inputs import forward_kwargs, to_model
 
 Estimator = Literal["batch", "example"]
@@ -59,15 +69,22 @@ def fisher_importance(
     Gradients of other parameters are not computed (``requires_grad`` is switched off for
     the pass and restored afterwards). ``shard`` splits the batches over processes (module doc);
     every process must call this with the same arguments, and gets the same result.
+
+    A tied tensor (e.g. ``lm_head.weight`` shared with the input embeddings) is one parameter: it may
+    be named by any of its names, and its importance is returned once, under its canonical name (the
+    one ``named_parameters()`` lists, see :mod:`forgetlab.models.groups`), from the gradient of
+    the shared tensor (the sum of what flows through each use).
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown importance estimator {estimator!r}; choose one of {list(ESTIMATORS)}")
     if not examples:
         raise ValueError("cannot estimate importance from an empty set of examples")
     named = dict(model.named_parameters())
-    unknown = params - named.keys()
+    aliases = parameter_aliases(model)
+    unknown = params - aliases.keys()
     if unknown:
         raise KeyError(f"{len(unknown)} parameter names not in the model, e.g. {sorted(unknown)[:3]}")
+    params = {aliases[n] for n in params}
     saved = {n: p.requires_grad for n, p in named.items()}
     for n, p in named.items():
         p.requires_grad_(n in params)

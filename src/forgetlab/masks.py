@@ -5,6 +5,10 @@ parameter's shape. Parameters absent from a mask are frozen by masked methods. T
 ``M = (I_f >= gamma * I_p) & (I_f > 0)``, evaluated as a comparison (no division, so no
 epsilon that rounds to zero in fp16 and no 0/0 NaN); elements no forget example touches
 (``I_f == 0``) carry no evidence and are not selected.
+
+Tied weights (``lm_head.weight`` sharing the input embeddings' tensor) are one parameter with one
+mask, keyed by the name ``named_parameters()`` lists it under; a mask keyed by another of its names
+is accepted and renamed (:meth:`Mask.canonicalize`), two keys for one tensor are an error.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from forgetlab.io import atomic_path
+from forgetlab.models.groups import parameter_aliases
 
 
 class MaskError(ValueError):
@@ -127,11 +132,16 @@ class Mask:
         return cls(tensors, meta)
 
     def validate(self, model: nn.Module) -> None:
-        """Every key must name a trainable parameter of the same shape; raise otherwise."""
+        """Every key must name a trainable parameter of the same shape, each tensor once; raise otherwise.
+
+        A key may be any name of a tied tensor (e.g. ``lm_head.weight``); two keys naming one tensor are
+        refused (a tied tensor takes one mask).
+        """
+        aliases = parameter_aliases(model)
         named = dict(model.named_parameters())
         if not self.tensors:
             raise MaskError("the mask is empty: it selects no parameter")
-        unknown = [k for k in self.tensors if k not in named]
+        unknown = [k for k in self.tensors if k not in aliases]
         if unknown:
             hint = ""
             if any("base_model.model." + k in named for k in unknown):
@@ -140,15 +150,31 @@ class Mask:
                 f"{len(unknown)} of {len(self.tensors)} mask keys match no parameter of "
                 f"{type(model).__name__}, e.g. {unknown[:3]}{hint}"
             )
-        bad = [k for k, t in self.tensors.items() if tuple(t.shape) != tuple(named[k].shape)]
+        seen: dict[str, str] = {}
+        for k in self.tensors:
+            other = seen.setdefault(aliases[k], k)
+            if other != k:
+                raise MaskError(
+                    f"mask keys {other!r} and {k!r} name one tied tensor ({aliases[k]}); a tied tensor takes one mask"
+                )
+        bad = [k for k, t in self.tensors.items() if tuple(t.shape) != tuple(named[aliases[k]].shape)]
         if bad:
             k = bad[0]
             raise MaskError(
-                f"mask for {k} has shape {tuple(self.tensors[k].shape)}, parameter has {tuple(named[k].shape)}"
+                f"mask for {k} has shape {tuple(self.tensors[k].shape)}, parameter has {tuple(named[aliases[k]].shape)}"
             )
-        frozen = [k for k in self.tensors if not named[k].requires_grad]
+        frozen = [k for k in self.tensors if not named[aliases[k]].requires_grad]
         if len(frozen) == len(self.tensors):
             raise MaskError("no mask key names a trainable parameter (all are frozen)")
+
+    def canonicalize(self, model: nn.Module) -> Mask:
+        """Rename keys that are another name of a tied tensor to the name ``named_parameters()`` uses; returns self.
+
+        Call after :meth:`validate` (which refuses two keys for one tensor).
+        """
+        aliases = parameter_aliases(model)
+        self.tensors = {aliases.get(k, k): t for k, t in self.tensors.items()}
+        return self
 
     def describe(self) -> dict:
         return {

@@ -13,6 +13,7 @@ from forgetlab.importance import fisher_importance
 from forgetlab.masks import Mask, MaskError, importance_ratio_mask
 from forgetlab.methods._common import mean_nll
 from forgetlab.models.groups import module_groups
+from forgetlab.models.inputs import forward_kwargs, to_model
 from forgetlab.train.masking import (
     attach_mask,
     compute_mask,
@@ -74,6 +75,48 @@ def test_example_estimator_is_the_mean_of_per_example_squared_gradients(setting)
         torch.testing.assert_close(got[n], expected[n], rtol=1e-4, atol=1e-12)
     batch = fisher_importance(model, examples, PARAMS, pad_id=pad, estimator="batch", batch_size=7)
     assert not torch.allclose(batch["lm_head.weight"], got["lm_head.weight"])  # they differ in general
+
+
+def per_example_mean_nll(model, batch) -> torch.Tensor:
+    """Mean over the batch's examples of each example's token-mean NLL (every example weighs the same)."""
+    batch = to_model(model, batch)
+    logits = model(**forward_kwargs(model, batch), use_cache=False).logits[:, :-1].float()
+    labels = batch["labels"][:, 1:]
+    nll = nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
+    supervised = labels != -100
+    return ((nll * supervised).sum(1) / supervised.sum(1)).mean()
+
+
+def test_the_batch_estimate_is_not_a_rescaled_per_example_estimate(setting) -> None:
+    """With equally weighted examples, per-example minus batch importance = the mean within-batch variance.
+
+    Per example: mean of g_i^2 (μ² + σ²); per batch of B: mean of (batch-mean g)^2 (μ² + σ²/B in
+    expectation). Their difference is a variance, which differs from element to element: no common
+    factor relates the two, so the mask rule's ratio does not cancel it.
+    """
+    model, processor, examples = setting
+    pad = processor.tokenizer.pad_token_id
+    examples = examples[:6]
+    kw = {"pad_id": pad, "batch_size": 2, "loss_fn": per_example_mean_nll}
+    per_example = fisher_importance(model, examples, PARAMS, estimator="example", **kw)
+    per_batch = fisher_importance(model, examples, PARAMS, estimator="batch", **kw)
+    named = dict(model.named_parameters())
+    params = [named[n] for n in sorted(PARAMS)]
+    grads = []  # brute force: each example's gradient, by a loop
+    for e in examples:
+        g = torch.autograd.grad(per_example_mean_nll(model, collate([e], pad)), params, allow_unused=True)
+        grads.append(
+            {n: torch.zeros_like(named[n]) if x is None else x for n, x in zip(sorted(PARAMS), g, strict=True)}
+        )
+    for n in PARAMS:
+        g = torch.stack([x[n].double() for x in grads])  # [6, *shape]
+        torch.testing.assert_close(per_example[n].double(), g.pow(2).mean(0), rtol=1e-4, atol=1e-12)
+        pairs = g.reshape(3, 2, *g.shape[1:])  # the batches of 2, in order
+        torch.testing.assert_close(per_batch[n].double(), pairs.mean(1).pow(2).mean(0), rtol=1e-4, atol=1e-12)
+        within = pairs.var(1, unbiased=False).mean(0)  # mean over batches of the within-batch variance
+        torch.testing.assert_close((per_example[n] - per_batch[n]).double(), within, rtol=1e-3, atol=1e-10)
+    ratio = per_batch["lm_head.weight"] / per_example["lm_head.weight"]
+    assert ratio.max() > 1.5 * ratio.min()  # not one scale factor
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (CI has none; run the suite on a GPU machine)")

@@ -350,6 +350,23 @@ def load_split(
     return samples
 
 
+def load_text_questions(root: Path | str, split: str) -> list[Sample]:
+    """The text-only (``Pure_Text_Questions``) classification MCQs of an evaluation split.
+
+    The same samples as ``load_split(root, split, tasks=("classification",))`` keeps with modality
+    ``"qa"``, but the image column is never read (a ``Full_Set`` holds a photo per person).
+    """
+    base = _root(root)
+    files = _split_files(base, split)
+    column = TASK_COLUMNS["classification"]
+    data = _read(files, split, ["ID", column])
+    row_ids = _ids(data["ID"], split)
+    samples: list[Sample] = []
+    for i in _unique_rows(data, row_ids, split):
+        samples.extend(_classification(data[column][i], [], split, column, row_ids[i], kinds=("Pure_Text_Questions",)))
+    return samples
+
+
 def _row_images(value: Any, column: str, split: str, pid: str) -> list[Image.Image]:
     if column == "images":
         images = [_decode_image(v, split, pid, column) for v in _as_list(value, split, column, pid)]
@@ -369,10 +386,14 @@ def _views(
     return [(im, {**meta, "view": str(v)}) for v, im in enumerate(images)]
 
 
-def _classification(value: Any, images: list[Image.Image], split: str, column: str, pid: str) -> list[Sample]:
+def _classification(
+    value: Any, images: list[Image.Image], split: str, column: str, pid: str, kinds: Sequence[str] = tuple(_MCQ_LISTS)
+) -> list[Sample]:
     task = _as_dict(value if value is not None else {}, split, column, pid)
     out: list[Sample] = []
     for key, modality in _MCQ_LISTS.items():
+        if key not in kinds:
+            continue
         items = _as_list(task.get(key), split, column, pid)
         for q_index, raw in enumerate(items):
             item = _as_dict(raw, split, column, pid)

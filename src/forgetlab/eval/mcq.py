@@ -3,7 +3,11 @@
 * ``loglik`` (default, fast): the question is asked *without* the options and each
   option's text is scored as the assistant's answer (sum of its token log-probs); the
   best-scoring option is the prediction. When every option is a single token, one
-  forward pass of the prompt scores all four at once.
+  forward pass of the prompt scores all four at once. The sum favours short options (every
+  extra token can only lower it), so a length-normalised prediction is made from the same
+  scores too: the sum divided by the option's length in characters, as lm-evaluation-harness's
+  ``acc_norm`` does (characters, not tokens, so the choice does not depend on the tokenizer).
+  It is reported beside the plain one (``predicted_norm``; the runner's ``*_acc_norm``).
 * ``generate`` (the MLLMU-Bench reference): the prompt lists the options and asks for
   the letter; greedy decoding; the first alphanumeric character is the prediction.
 """
@@ -27,11 +31,26 @@ PROTOCOLS: tuple[str, ...] = ("loglik", "generate")
 
 @dataclass
 class Choice:
-    """A model's answer to one MCQ: predicted letter and, for loglik, each option's score."""
+    """A model's answer to one MCQ: predicted letter and, for loglik, each option's score.
+
+    ``scores`` are summed log-probs; ``predicted_norm`` (loglik only) is the option with the best
+    score per character of its text (:func:`normalised_choice`).
+    """
 
     predicted: str | None
     scores: dict[str, float] | None = None
     generated: str | None = None
+    predicted_norm: str | None = None
+
+
+def normalised_choice(scores: dict[str, float], options: dict[str, str]) -> str:
+    """The option whose summed log-prob per character (``score / len(text)``, an empty text counting 1) is highest."""
+    return max(scores, key=lambda k: scores[k] / max(1, len(options[k])))
+
+
+def _choice(scores: dict[str, float], options: dict[str, str]) -> Choice:
+    best = max(scores, key=lambda k: scores[k])
+    return Choice(best, scores, predicted_norm=normalised_choice(scores, options))
 
 
 def _pad_id(processor) -> int:
@@ -136,7 +155,7 @@ def score_options(
             last = torch.log_softmax(model(**to_model(model, batch)).logits[:, -1].float(), dim=-1)
             for row, (i, _, token_of) in enumerate(chunk):
                 scores = {k: last[row, t].item() for k, t in token_of.items()}
-                results[i] = Choice(max(scores, key=scores.get), scores)
+                results[i] = _choice(scores, samples[i].options)  # type: ignore[arg-type]
     if multi:
         examples, spans, owners = [], [], []
         for i in multi:
@@ -152,7 +171,7 @@ def score_options(
         for (i, letter), v in zip(owners, flat, strict=True):
             per.setdefault(i, {})[letter] = v
         for i, scores in per.items():
-            results[i] = Choice(max(scores, key=scores.get), scores)
+            results[i] = _choice(scores, samples[i].options)  # type: ignore[arg-type]
     return results  # type: ignore[return-value]
 
 

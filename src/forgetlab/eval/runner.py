@@ -5,6 +5,10 @@ Splits follow the MLLMU-Bench protocol for forget ratio r:
 ``retain`` = retain_(100-r), ``realworld`` = Retain_Set; the embedded benchmark adds
 ``perception`` (generic VQA on non-person images) and ``world`` (text-only knowledge).
 
+MCQ metrics: ``<set>_<modality>_acc`` (the chosen protocol's letter), and under ``loglik`` also
+``<set>_<modality>_acc_norm``, the accuracy of the length-normalised choice made from the same
+scores (summed log-prob per character of the option, :mod:`forgetlab.eval.mcq`).
+
 Under ``accelerate launch``, pass ``shard=Shard.current()``: each process answers its contiguous part
 of every question list and the answers are gathered in order, so every process computes the same
 metrics and rows (the caller writes them on the main process only).
@@ -111,8 +115,12 @@ def evaluate(
             )
             hits = [c.predicted == s.correct for s, c in zip(mcq, choices, strict=True)]
             metrics[f"{name}_{modality}_acc"] = _mean([float(h) for h in hits])
+            loglik = config.protocol == "loglik"
+            hits_norm = [c.predicted_norm == s.correct if loglik else None for s, c in zip(mcq, choices, strict=True)]
+            if loglik:  # the same scores, per character of the option (eval.mcq): lm-eval-harness's acc_norm
+                metrics[f"{name}_{modality}_acc_norm"] = _mean([float(bool(h)) for h in hits_norm])
             metrics[f"{name}_{modality}_n"] = len(mcq)
-            for s, c, h in zip(mcq, choices, hits, strict=True):
+            for s, c, h, hn in zip(mcq, choices, hits, hits_norm, strict=True):
                 rows.append(
                     {
                         "set": name,
@@ -125,6 +133,8 @@ def evaluate(
                         "correct": s.correct,
                         "predicted": c.predicted,
                         "hit": h,
+                        "predicted_norm": c.predicted_norm,
+                        "hit_norm": hn,
                         "scores": c.scores,
                         "generated": c.generated,
                     }

@@ -22,6 +22,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
@@ -65,6 +66,7 @@ class MaskContext:
     span: str
     batch_size: int
     shard: Shard
+    data_root: Path | None = None  # the benchmark folder (e.g. Full_Set's text questions for a preserve set)
 
 
 class MethodConfig(BaseModel):

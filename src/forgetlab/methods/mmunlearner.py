@@ -55,7 +55,7 @@ class MMUnlearner(UnlearnMethod):
         return mask_from_samples(
             context.model, context.processor, context.forget, context.retain, groups=c.groups, gamma=c.gamma,
             top_k=c.top_k, estimator=c.estimator, linear_only=c.linear_only, span=context.span,  # type: ignore[arg-type]
-            batch_size=c.importance_batch_size, shard=context.shard,
+            batch_size=c.importance_batch_size, shard=context.shard, data_root=context.data_root,
         )  # fmt: skip
 
     def forget_loss(

@@ -5,7 +5,12 @@ https://arxiv.org/abs/1911.04933; Fan et al., SalUn, https://arxiv.org/abs/2310.
 LLMs as in "Unlearning Isn't Deletion", https://arxiv.org/abs/2505.16831.
 
 Loss = token-mean NLL, over the supervised positions, of random target tokens drawn uniformly
-from the vocabulary *minus the true token* (so every target is wrong). The draw is
+from the vocabulary *minus the true token* (so every target is wrong). The vocabulary is the
+tokenizer's, ids ``[0, len(tokenizer))``: a real checkpoint's logits are wider (Qwen2-VL: 151,936
+rows for 151,657 tokens; rows padded to a multiple of 64 or 128), and a label on a padding row would
+teach the model to emit an id no text has. The trainer sets it from the processor
+(:func:`with_tokenizer_vocab`); ``vocab_size`` in the config overrides it, and without either the
+logits' width is the fallback. The draw is
 deterministic: each row uses a ``torch.Generator`` seeded with a CRC32 of ``seed`` and of that
 row's attended ``input_ids`` and ``labels``, so an example gets the same random labels whatever batch it
 lands in and however often it is seen. If the data pipeline provides ``batch["_rlabel_labels"]``
@@ -17,6 +22,7 @@ are the targets instead. Targets are scored under teacher forcing on the batch's
 from __future__ import annotations
 
 import zlib
+from typing import Any
 
 import torch
 from pydantic import Field
@@ -50,14 +56,37 @@ def random_labels(batch: Batch, vocab_size: int, seed: int) -> torch.Tensor:
     return out
 
 
+def tokenizer_vocab_size(processor: Any) -> int:
+    """Ids a tokenizer can produce: ``len(tokenizer)`` (base vocabulary + added tokens) of a processor or tokenizer."""
+    tokenizer = getattr(processor, "tokenizer", processor)
+    try:
+        return len(tokenizer)
+    except TypeError:
+        return int(tokenizer.vocab_size)
+
+
+def with_tokenizer_vocab(config: MethodConfig, processor: Any) -> MethodConfig:
+    """``config`` with ``vocab_size`` set to the tokenizer's, for a random-label config that leaves it unset.
+
+    Any other config (no ``vocab_size`` field, or one set explicitly) is returned unchanged.
+    """
+    if "vocab_size" not in type(config).model_fields or config.vocab_size is not None:  # type: ignore[attr-defined]
+        return config
+    return config.model_copy(update={"vocab_size": tokenizer_vocab_size(processor)})
+
+
 def random_label_nll(
     model: torch.nn.Module, forget: Batch, seed: int, vocab_size: int | None = None
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Token-mean NLL towards ``forget["_rlabel_labels"]`` or seeded random labels; logs true-label NLL."""
+    """Token-mean NLL towards ``forget["_rlabel_labels"]`` or seeded random labels; logs true-label NLL.
+
+    Random labels come from ``[0, vocab_size)`` (capped at the logits' width), by default the whole width.
+    """
     logits = forward(model, forget).logits
     targets = forget.get("_rlabel_labels")
     if targets is None:
-        targets = random_labels(forget, vocab_size or logits.shape[-1], seed)
+        width = logits.shape[-1]
+        targets = random_labels(forget, min(vocab_size or width, width), seed)
     logprobs, mask = logits_to_token_logprobs(logits, forget, labels=targets)
     with torch.no_grad():
         true_logprobs, true_mask = logits_to_token_logprobs(logits.detach(), forget)
@@ -70,7 +99,10 @@ class RLabelConfig(MethodConfig):
 
     seed: int = Field(0, description="seed of the random labels (combined with a per-example key)")
     vocab_size: int | None = Field(
-        None, ge=2, description="draw ids from [0, vocab_size); None = the width of the logits"
+        None,
+        ge=2,
+        description="draw ids from [0, vocab_size); None = the tokenizer's len() (set by the trainer), "
+        "else the width of the logits",
     )
 
 

@@ -99,7 +99,9 @@ def build_tokenizer(texts: Iterable[str], arch: Arch = "llava") -> PreTrainedTok
     return fast
 
 
-def _llava(tokenizer: PreTrainedTokenizerFast, image_size: int) -> tuple[PreTrainedModel, ProcessorMixin]:
+def _llava(
+    tokenizer: PreTrainedTokenizerFast, image_size: int, tie: bool = False
+) -> tuple[PreTrainedModel, ProcessorMixin]:
     patch = 8
     vision = CLIPVisionConfig(
         hidden_size=128,
@@ -121,7 +123,7 @@ def _llava(tokenizer: PreTrainedTokenizerFast, image_size: int) -> tuple[PreTrai
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tie,
     )
     n_patches = (image_size // patch) ** 2
     config = LlavaConfig(
@@ -131,6 +133,7 @@ def _llava(tokenizer: PreTrainedTokenizerFast, image_size: int) -> tuple[PreTrai
         image_seq_length=n_patches,
         vision_feature_select_strategy="default",  # drop CLS: one feature per patch
         vision_feature_layer=-1,  # a 4-layer tower has no layer to spare
+        tie_word_embeddings=tie,
     )
     model = LlavaForConditionalGeneration(config)
     image_processor = CLIPImageProcessorPil(
@@ -194,7 +197,9 @@ def _qwen_processor(tokenizer: PreTrainedTokenizerFast, image_size: int, patch: 
     )
 
 
-def _qwen2vl(tokenizer: PreTrainedTokenizerFast, image_size: int) -> tuple[PreTrainedModel, ProcessorMixin]:
+def _qwen2vl(
+    tokenizer: PreTrainedTokenizerFast, image_size: int, tie: bool = False
+) -> tuple[PreTrainedModel, ProcessorMixin]:
     patch, merge, hidden = 8, 2, 256
     config = Qwen2VLConfig(
         text_config=_qwen_text_config(tokenizer, hidden),
@@ -209,13 +214,15 @@ def _qwen2vl(tokenizer: PreTrainedTokenizerFast, image_size: int) -> tuple[PreTr
             "temporal_patch_size": 2,
         },
         **_qwen_token_ids(tokenizer),
-        tie_word_embeddings=False,
+        tie_word_embeddings=tie,
     )
     model = Qwen2VLForConditionalGeneration(config)
     return model, _qwen_processor(tokenizer, image_size, patch, merge)
 
 
-def _qwen25vl(tokenizer: PreTrainedTokenizerFast, image_size: int) -> tuple[PreTrainedModel, ProcessorMixin]:
+def _qwen25vl(
+    tokenizer: PreTrainedTokenizerFast, image_size: int, tie: bool = False
+) -> tuple[PreTrainedModel, ProcessorMixin]:
     """Qwen2.5-VL: RMSNorm + SwiGLU vision blocks with windowed attention (full attention in blocks 1 and 3)."""
     patch, merge, hidden = 8, 2, 256
     config = Qwen2_5_VLConfig(
@@ -233,7 +240,7 @@ def _qwen25vl(tokenizer: PreTrainedTokenizerFast, image_size: int) -> tuple[PreT
             "fullatt_block_indexes": [1, 3],
         },
         **_qwen_token_ids(tokenizer),
-        tie_word_embeddings=False,
+        tie_word_embeddings=tie,
     )
     model = Qwen2_5_VLForConditionalGeneration(config)
     # the image-only processor: Qwen2.5-VL's processor differs from Qwen2-VL's only for videos
@@ -244,7 +251,7 @@ _BUILDERS = {"llava": _llava, "qwen2vl": _qwen2vl, "qwen25vl": _qwen25vl}
 
 
 def build_tiny_model(
-    arch: Arch, texts: Iterable[str], image_size: int = 48, seed: int = 0
+    arch: Arch, texts: Iterable[str], image_size: int = 48, seed: int = 0, tie_word_embeddings: bool = False
 ) -> tuple[PreTrainedModel, ProcessorMixin]:
     """A freshly initialised tiny model of ``arch`` and its processor.
 
@@ -253,6 +260,8 @@ def build_tiny_model(
         texts: all benchmark text, used to train the word-level vocabulary.
         image_size: side of the square input image in pixels (multiple of 16).
         seed: initialisation seed.
+        tie_word_embeddings: share one tensor between the input embeddings and ``lm_head`` (as e.g.
+            Qwen2-VL-2B does); off by default, as in LLaVA-1.5.
     """
     import torch
 
@@ -262,7 +271,7 @@ def build_tiny_model(
         raise ValueError(f"image_size must be a multiple of 16, got {image_size}")
     tokenizer = build_tokenizer(texts, arch)
     torch.manual_seed(seed)
-    model, processor = _BUILDERS[arch](tokenizer, image_size)
+    model, processor = _BUILDERS[arch](tokenizer, image_size, tie_word_embeddings)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     return model, processor

@@ -119,8 +119,8 @@ def write_report(study: StudyConfig, out: Path, data: BenchmarkData, metrics: di
         for name, r in regimes.items():
             fisher = out / "verify" / name / "probe" / "fisher_hist.png"
             if fisher.exists():
-                report.add(f"Fisher information: {r['title']}",
-                           figure(fisher.read_bytes(), "diagonal Fisher per layer: original, unlearned, relearned"))  # fmt: skip
+                caption = "diagonal Fisher per layer: original, unlearned, relearned"
+                report.add(f"Fisher information: {r['title']}", figure(fisher.read_bytes(), caption))
     if runs:
         report.add("Every run (method@learning rate)", metrics_table(runs, _columns(layout), baseline=None))
     if layout == "mllmu" and study.report.examples:

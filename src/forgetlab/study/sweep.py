@@ -103,6 +103,7 @@ def unlearn_on(
         eval_sets = training_eval_sets(data.root, data.forget_percent)
     model, processor = load(original)
     recipe = UnlearnRecipe(config, log_dir=tracking_dir(out))
+    recipe.data_root = data.root if data.name == "mllmu" else None  # Full_Set's text questions, for a mask
     recipe.setup(model, processor, data.forget, data.retain, eval_sets=eval_sets)
     recipe.train(progress)
     benchmark = {"name": data.name, "path": str(data.root), "forget_percent": data.forget_percent} | data.splits

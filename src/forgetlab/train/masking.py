@@ -12,6 +12,13 @@ on a *preserve* set, per module group, with the paper's preserve sets:
   people included (so text knowledge about them is protected), + retain VQA;
 - I_f is always computed on forget VQA.
 
+The text-only QA (``qa_all``) is the training rows without an image. In the real MLLMU-Bench
+layout every training row has an image, so, as the benchmark's reference code does, it is then
+built from ``Full_Set``'s ``Classification_Task.Pure_Text_Questions`` (question -> the correct
+option's text) of every person. A preserve set that is still empty, or a mask that selects no
+element, is an error naming the cause, never a silently different mask; the mask's metadata
+records the sets' sizes and hashes and where the text QA came from (``text_preserve``).
+
 Importance uses :func:`forgetlab.importance.fisher_importance` (fp32, on the model's device); with a
 ``shard`` of several processes each process takes every N-th batch of each pass and the sums are
 all-reduced, so every process gets the one-process importance (up to float summation order).
@@ -38,12 +45,12 @@ import torch
 from torch import nn
 
 from forgetlab.data.collate import Span, encode
-from forgetlab.data.mllmu import load_training
+from forgetlab.data.mllmu import DataError, load_text_questions, load_training
 from forgetlab.data.schema import Sample, forget_split, retain_split
 from forgetlab.dist.shard import Shard
 from forgetlab.importance import Estimator, fisher_importance
 from forgetlab.masks import Mask, MaskError, importance_ratio_mask
-from forgetlab.models.groups import is_linear_weight, params_in
+from forgetlab.models.groups import is_linear_weight, params_in, tied_parameters
 
 MaskGroups = Literal["vision", "language", "both"]
 MASK_GROUP_NAMES: tuple[str, ...] = ("vision", "language", "both")
@@ -71,7 +78,8 @@ def mask_params(model: nn.Module, groups: str, linear_only: bool = False) -> dic
     wanted = ("vision", "language") if groups == "both" else (groups,)
     out = {g: params_in(model, g) for g in wanted}
     if linear_only:
-        out = {g: {n for n in names if is_linear_weight(model, n)} for g, names in out.items()}
+        tied = tied_parameters(model)
+        out = {g: {n for n in names if is_linear_weight(model, n, tied)} for g, names in out.items()}
     out = {g: names for g, names in out.items() if names}
     if not out:
         what = "nn.Linear weights" if linear_only else "parameters"
@@ -79,13 +87,66 @@ def mask_params(model: nn.Module, groups: str, linear_only: bool = False) -> dic
     return out
 
 
-def preserve_sets(forget: Sequence[Sample], retain: Sequence[Sample]) -> dict[str, list[Sample]]:
-    """``forget_vqa``, ``retain_vqa`` and ``qa_all`` (text QA of forget + retain people) from two splits."""
+#: where ``qa_all`` comes from when the training rows hold no text-only QA (module doc).
+TEXT_PRESERVE_SPLIT = "Full_Set"
+TEXT_PRESERVE_SOURCES: tuple[str, str] = (
+    "training rows",
+    f"{TEXT_PRESERVE_SPLIT} Classification_Task.Pure_Text_Questions",
+)
+
+
+def preserve_sets(
+    forget: Sequence[Sample], retain: Sequence[Sample], text_qa: Sequence[Sample] | None = None
+) -> dict[str, list[Sample]]:
+    """``forget_vqa``, ``retain_vqa`` and ``qa_all`` (text QA of forget + retain people) from two splits.
+
+    ``qa_all`` is the splits' text-only rows; ``text_qa`` (see :func:`text_preserve_questions`) is used
+    in their place only when they hold none.
+    """
+    qa = [s for s in (*forget, *retain) if s.modality == "qa"]
     return {
         "forget_vqa": [s for s in forget if s.modality == "vqa"],
         "retain_vqa": [s for s in retain if s.modality == "vqa"],
-        "qa_all": [s for s in (*forget, *retain) if s.modality == "qa"],
+        "qa_all": qa or list(text_qa or ()),
     }
+
+
+def _split_names(*sets: Sequence[Sample]) -> str:
+    names = dict.fromkeys(s[0].split for s in sets if s)
+    return " and ".join(names) or "the training splits"
+
+
+def text_preserve_questions(
+    data_root: str | Path | None, forget: Sequence[Sample] = (), retain: Sequence[Sample] = ()
+) -> list[Sample]:
+    """The text preserve set for training rows without text-only QA: ``Full_Set``'s Pure_Text MCQs.
+
+    Each ``Classification_Task.Pure_Text_Questions`` item of every ``Full_Set`` row becomes a
+    text-only training sample (question -> the correct option's text), as in MLLMU-Bench's reference
+    code. ``forget``/``retain`` only name the splits in error messages. Raises :class:`DataError`,
+    naming the missing set, when there is no folder to read or it holds no such question.
+    """
+    missing = (
+        f"the language group's text preserve set (qa_all, text-only QA about all people) is empty: the training "
+        f"rows of {_split_names(forget, retain)} hold no text-only QA (every row has an image)"
+    )
+    if data_root is None:
+        raise DataError(
+            f"{missing}; pass the benchmark folder (data_root) so that it is built from "
+            f"{TEXT_PRESERVE_SOURCES[1]}, or use a vision-only mask"
+        )
+    try:
+        questions = load_text_questions(data_root, TEXT_PRESERVE_SPLIT)
+    except DataError as exc:
+        raise DataError(f"{missing}, and {TEXT_PRESERVE_SOURCES[1]} cannot be read: {exc}") from None
+    if not questions:
+        raise DataError(
+            f"{missing}, and {Path(data_root) / TEXT_PRESERVE_SPLIT} holds no Classification_Task.Pure_Text_Questions"
+        )
+    return [
+        Sample(q.question, q.answer, "qa", "train", q.person_id, q.split, meta={**q.meta, "source": "Pure_Text_MCQ"})
+        for q in questions
+    ]
 
 
 def _n_terms(n: int, estimator: str, batch_size: int) -> int:
@@ -100,6 +161,8 @@ class GroupImportance:
     preserve: dict[str, torch.Tensor]
     groups: dict[str, set[str]]
     sets: dict[str, list[Sample]]
+    #: where ``qa_all`` came from (:data:`TEXT_PRESERVE_SOURCES`); None when no group uses it
+    text_source: str | None = None
 
 
 #: the paper's preserve set of each module group (sets of :func:`preserve_sets`).
@@ -118,15 +181,30 @@ def group_importance(
     span: Span = "full",
     batch_size: int = 8,
     shard: Shard | None = None,
+    data_root: str | Path | None = None,
 ) -> GroupImportance:
-    """Fisher importance on forget VQA and on each group's preserve set (see the module doc)."""
+    """Fisher importance on forget VQA and on each group's preserve set (see the module doc).
+
+    ``data_root``: the benchmark folder, read for the text preserve set when the training rows hold no
+    text-only QA (:func:`text_preserve_questions`); without it that case is an error.
+    """
     sets = preserve_sets(forget, retain)
     if not sets["forget_vqa"]:
         raise ValueError("the forget split holds no VQA samples: I_f is computed on forget VQA")
     names = mask_params(model, groups, linear_only)
+    text_source = None
+    if "language" in names:
+        text_source = TEXT_PRESERVE_SOURCES[0]
+        if not sets["qa_all"]:  # the real MLLMU-Bench layout: every training row has an image
+            sets = preserve_sets(forget, retain, text_preserve_questions(data_root, forget, retain))
+            text_source = TEXT_PRESERVE_SOURCES[1]
     for g in names:
-        if not any(sets[k] for k in PRESERVE[g]):
-            raise ValueError(f"the preserve set of the {g} group ({' + '.join(PRESERVE[g])}) is empty")
+        for k in PRESERVE[g]:
+            if not sets[k]:
+                raise ValueError(
+                    f"the preserve set of the {g} group ({' + '.join(PRESERVE[g])}) is incomplete: {k} is empty "
+                    f"(the {'retain split holds no VQA samples' if k == 'retain_vqa' else 'splits hold no text QA'})"
+                )
     pad_id = getattr(processor, "tokenizer", processor).pad_token_id
     encoded = {k: [encode(processor, s, span=span) for s in v] for k, v in sets.items()}
     kw = {"pad_id": pad_id, "estimator": estimator, "batch_size": batch_size, "shard": shard}
@@ -146,7 +224,7 @@ def group_importance(
         total = sum(count for _, count in used)
         for n in group_names:  # mean over all preserve batches = batch-count-weighted mean of the passes
             i_preserve[n] = sum(imp[n] * (count / total) for imp, count in used)  # type: ignore[assignment]
-    return GroupImportance({n: i_forget[n] for n in i_preserve}, i_preserve, names, sets)
+    return GroupImportance({n: i_forget[n] for n in i_preserve}, i_preserve, names, sets, text_source)
 
 
 def mask_from_samples(
@@ -163,13 +241,25 @@ def mask_from_samples(
     span: Span = "full",
     batch_size: int = 8,
     shard: Shard | None = None,
+    data_root: str | Path | None = None,
 ) -> Mask:
-    """MMUnlearner's mask from the samples of a forget and a retain split (see the module doc)."""
+    """MMUnlearner's mask from the samples of a forget and a retain split (see the module doc).
+
+    ``data_root``: see :func:`group_importance`. Raises :class:`MaskError` when the mask selects no element.
+    """
     imp = group_importance(
         model, processor, forget, retain, groups=groups, estimator=estimator,
-        linear_only=linear_only, span=span, batch_size=batch_size, shard=shard,
+        linear_only=linear_only, span=span, batch_size=batch_size, shard=shard, data_root=data_root,
     )  # fmt: skip
     tensors = importance_ratio_mask(imp.forget, imp.preserve, gamma=gamma, top_k=top_k)
+    if not any(bool(t.any()) for t in tensors.values()):
+        touched = sum(int((f > 0).sum()) for f in imp.forget.values())
+        cause = (
+            "the forget importance I_f is zero everywhere (no forget gradient reaches the masked parameters)"
+            if not touched
+            else f"none of the {touched} elements with I_f > 0 reaches gamma * I_p (gamma={gamma}); lower gamma"
+        )
+        raise MaskError(f"the {groups} mask selects no element: {cause}")
     selected = {
         g: round(sum(int(tensors[n].sum()) for n in ns) / max(1, sum(tensors[n].numel() for n in ns)), 4)
         for g, ns in imp.groups.items()
@@ -187,6 +277,8 @@ def mask_from_samples(
         "hashes": json.dumps({k: samples_digest(v) for k, v in imp.sets.items()}),
         "fraction_per_group": json.dumps(selected),
     }
+    if imp.text_source is not None:
+        metadata["text_preserve"] = imp.text_source
     return Mask(tensors, metadata)
 
 
@@ -208,8 +300,8 @@ def compute_mask(
     forget = load_training(data_root, forget_split(forget_ratio))
     retain = load_training(data_root, retain_split(forget_ratio))
     mask = mask_from_samples(
-        model, processor, forget, retain, groups=groups, gamma=gamma, top_k=top_k,
-        estimator=estimator, linear_only=linear_only, span=span, batch_size=batch_size, shard=shard,
+        model, processor, forget, retain, groups=groups, gamma=gamma, top_k=top_k, estimator=estimator,
+        linear_only=linear_only, span=span, batch_size=batch_size, shard=shard, data_root=data_root,
     )  # fmt: skip
     mask.metadata["forget_ratio"] = str(forget_ratio)
     return mask
@@ -218,10 +310,12 @@ def compute_mask(
 def attach_mask(model: nn.Module, mask: Mask) -> dict[nn.Parameter, torch.Tensor]:
     """Validate ``mask`` against ``model``, freeze every parameter it does not cover, return param -> mask.
 
-    Raises :class:`MaskError` for unknown names, wrong shapes, an empty mask, or a mask none of
-    whose keys is a trainable parameter.
+    Raises :class:`MaskError` for unknown names, wrong shapes, an empty mask, two keys for one tied
+    tensor, or a mask none of whose keys is a trainable parameter. Keys naming a tied tensor by another
+    of its names are renamed to the one ``named_parameters()`` lists (:meth:`Mask.canonicalize`).
     """
     mask.validate(model)
+    mask.canonicalize(model)
     named = dict(model.named_parameters())
     out: dict[nn.Parameter, torch.Tensor] = {}
     for name, param in named.items():

@@ -78,6 +78,7 @@ from forgetlab.io import atomic_dir, write_json, write_jsonl
 from forgetlab.masks import Mask
 from forgetlab.methods import MaskContext
 from forgetlab.methods._common import kl_on_labels, mean_nll
+from forgetlab.methods.rlabel import with_tokenizer_vocab
 from forgetlab.models.load import load, load_model
 from forgetlab.train.masking import attach_mask, samples_digest
 from forgetlab.train.optim import MaskedAdamW
@@ -148,6 +149,8 @@ class UnlearnRecipe:
         self.timings: dict[str, float] = {}
         self.mask: Mask | None = None
         self.masks: dict[torch.nn.Parameter, torch.Tensor] = {}
+        #: benchmark folder, read for MMUnlearner's text preserve set when the training rows have no text QA
+        self.data_root: Path | None = None
         self._cache: dict[tuple[str, int], Encoded] = {}
 
     # ------------------------------------------------------------------ setup
@@ -182,6 +185,7 @@ class UnlearnRecipe:
         check_backend(self.accelerator.distributed_type, cfg.method, masked=masked, lora=lora)
         set_seed(cfg.seed)
         self.processor = processor
+        self.method.config = with_tokenizer_vocab(self.method.config, processor)  # random labels: real token ids
         self.pad_id = getattr(processor, "tokenizer", processor).pad_token_id
         self.data = {"forget": _select(forget, cfg.forget_modality), "retain": _select(retain, cfg.retain_modality)}
         self.retain_weight = self.method.config.retain_weight
@@ -258,6 +262,7 @@ class UnlearnRecipe:
             span=cfg.span,
             batch_size=cfg.batch_size,
             shard=self.shard,
+            data_root=self.data_root,
         )
         mask = self.method.build_mask(context)
         if mask is None:
@@ -505,6 +510,7 @@ def unlearn(
     eval_sets = None if config.eval_every is None else training_eval_sets(data_root, config.forget_ratio)
     model, processor = load(model_path)
     recipe = UnlearnRecipe(config, log_dir=tracking_dir(out))
+    recipe.data_root = Path(data_root)
     recipe.setup(model, processor, forget, retain, eval_sets=eval_sets)
     recipe.train(progress)
     return recipe.save(out, model=str(model_path), data=str(data_root))
