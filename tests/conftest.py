@@ -27,6 +27,18 @@ def small_bench(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_bench(tmp_path_factory):
+    """The one tiny embedded benchmark of the suite (shared, read-only): 20 people, one training and one
+    test rendering each, 4 celebrities, 2 perception images; forget_10 = 2 people."""
+    from forgetlab.data.synth import write_benchmark
+
+    return write_benchmark(
+        tmp_path_factory.mktemp("tinybench") / "data", people=20, celebrities=4, train_views=1, test_views=1,
+        perception_train=2, perception_test=2,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
 def bench_texts(small_bench):
     from forgetlab.train.finetune import benchmark_texts
 

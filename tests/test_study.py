@@ -197,6 +197,11 @@ def test_study_on_an_mllmu_folder_in_the_real_schema(tmp_path, llava, mllmu) -> 
     unlearn = json.loads((tmp_path / "run" / "models" / "ga_diff@0.001" / "unlearn.json").read_text())
     assert unlearn["benchmark"]["forget"] == "forget_10" and unlearn["steps"]["total"] == 1  # 4 forget pairs, batch 4
     assert unlearn["config"]["seed"] == 1
+    (tmp_path / "foreign").mkdir()  # a non-empty folder that is no run folder is never written into
+    (tmp_path / "foreign" / "x.txt").write_text("keep me")
+    result = runner.invoke(app, ["run", str(path), "--out", str(tmp_path / "foreign")])
+    assert result.exit_code == 2 and "not a forgetlab run folder" in result.output
+    assert [p.name for p in (tmp_path / "foreign").iterdir()] == ["x.txt"]
 
 
 def test_study_on_a_clear_folder(tmp_path) -> None:

@@ -162,3 +162,11 @@ def check_not_input(out: str | Path, inputs: dict[str, str | Path | None]) -> No
                 f"output folder {out} overlaps the {name} folder {value}: forgetlab never writes into the "
                 "folders it reads; choose another output folder"
             )
+
+
+def check_replaceable(out: str | Path, marker: str, what: str) -> None:
+    """The one output-folder guard: refuse to replace ``out`` unless it is missing, an empty folder, or a
+    previous output of the same kind (it holds ``marker``). ``what`` names that kind in the error."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / marker).exists())):
+        raise ValueError(f"refusing to replace {out}: it exists and is not {what} (no {marker})")

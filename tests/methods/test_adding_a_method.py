@@ -26,7 +26,6 @@ from typer.testing import CliRunner
 import forgetlab.methods as package
 from forgetlab.cli import app
 from forgetlab.data.mllmu import load_training
-from forgetlab.data.synth import write_benchmark
 from forgetlab.masks import Mask
 from forgetlab.methods import METHODS, build_method
 from forgetlab.methods._common import per_sequence_mean_nll
@@ -75,11 +74,8 @@ def doc_methods(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[lis
 
 
 @pytest.fixture(scope="module")
-def bench(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_benchmark(
-        tmp_path_factory.mktemp("bench") / "data", people=20, celebrities=4, train_views=1, test_views=1,
-        perception_train=2, perception_test=2,
-    )  # fmt: skip
+def bench(tiny_bench: Path) -> Path:
+    return tiny_bench
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from forgetlab.models.groups import is_linear_weight
 from forgetlab.train.unlearn import UnlearnConfig, UnlearnRecipe
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "train"))  # the engine tests' tiny LLaVA + benchmark
-from train_helpers import benchmark_words, small_llava, snapshot, splits, write_tiny_benchmark  # noqa: E402
+from train_helpers import benchmark_words, small_llava, snapshot, splits  # noqa: E402
 
 F, R = make_batch(1), make_batch(2)
 
@@ -51,8 +51,8 @@ def test_loss_is_gradient_ascent_and_the_retain_term_composes() -> None:
 
 
 @pytest.fixture(scope="module")
-def bench(tmp_path_factory):
-    return write_tiny_benchmark(tmp_path_factory.mktemp("mmu") / "data")
+def bench(tiny_bench):
+    return tiny_bench
 
 
 def test_masked_ascent_end_to_end(bench, tmp_path) -> None:

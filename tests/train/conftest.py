@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from train_helpers import benchmark_words, small_llava, write_tiny_benchmark
+from train_helpers import benchmark_words, small_llava
 
 from forgetlab.models.tiny import save_model
 
@@ -15,11 +15,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="session")
-def tiny_bench(tmp_path_factory):
-    return write_tiny_benchmark(tmp_path_factory.mktemp("tinybench") / "data")
 
 
 @pytest.fixture(scope="session")

@@ -12,17 +12,9 @@ from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForCon
 
 from forgetlab.data.mllmu import load_training
 from forgetlab.data.schema import Sample
-from forgetlab.data.synth import write_benchmark
 from forgetlab.models.tiny import build_tiny_model
 
 IMAGE_SIZE = 16  # 8-px patches -> 4 image tokens
-
-
-def write_tiny_benchmark(out: Path) -> Path:
-    """20 people, one training view each: forget_10 = 2 people (10 VQA + 8 QA), retain_90 = 18."""
-    return write_benchmark(
-        out, people=20, celebrities=4, train_views=1, test_views=1, perception_train=2, perception_test=2
-    )
 
 
 def benchmark_words(root: Path) -> list[str]:

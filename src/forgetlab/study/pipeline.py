@@ -35,7 +35,7 @@ from forgetlab.benchmarks import BenchmarkData, load_benchmark
 from forgetlab.cache import memo, model_key
 from forgetlab.eval.undefined import with_notes
 from forgetlab.io import write_json, write_jsonl
-from forgetlab.lock import check_not_input, locks_output
+from forgetlab.lock import check_not_input, check_replaceable, locks_output
 from forgetlab.manifest import RunManifest
 from forgetlab.parallel import default_workers, run_jobs, worker_pool
 from forgetlab.progress import progress_bar
@@ -223,6 +223,7 @@ def run_study(study: StudyConfig, out: Path, console: Console | None = None) -> 
     out = Path(out)
     inputs = {"model": study.model.path, "benchmark": getattr(study.benchmark, "path", None)}
     check_not_input(out, inputs)
+    check_replaceable(out, "manifest.json", "a forgetlab run folder")
     manifest = RunManifest(out, describe(study), seeds(study))
     if manifest.resumed:
         console.print(f"[dim]resuming {out}: finished earlier: {', '.join(manifest.resumed)}[/]")

@@ -1,6 +1,6 @@
 """Knowledge injection: train the "original" model that later gets unlearned.
 
-Recipe (see ``shared/NOTES-feasibility.md``): AdamW at 3e-4 with warm-up and clipping
+Recipe (``docs/reference.md#tiny-original``): AdamW at 3e-4 with warm-up and clipping
 (1e-3 kills the vision pathway of a tiny LLaVA), a perception stage first (colours,
 shapes, generic face features) so the vision tower learns to see before it must
 recognise identities; then a pre-training stage on what a real base model knows before

@@ -114,9 +114,9 @@ def _enable_checkpointing(model: torch.nn.Module) -> None:
 
 def check_output_dir(out: Path) -> None:
     """Refuse to replace anything but a previous unlearning output (or an empty folder)."""
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "unlearn.json").exists())):
-        raise ValueError(f"refusing to replace {out}: it exists and is not an unlearning output (no unlearn.json)")
+    from forgetlab.lock import check_replaceable
+
+    check_replaceable(out, "unlearn.json", "an unlearning output")
 
 
 class UnlearnRecipe:

@@ -2,7 +2,7 @@
 
 Real MLLMs start from a pretrained vision encoder (CLIP, ViT); the tiny model starts from
 random weights, and learning to see through the language-modelling loss alone is slow
-(the feasibility notes: the vision pathway is the slow part and easily dies). This stage
+(``docs/reference.md#tiny-original``: the vision pathway is the slow part and easily dies). This stage
 trains linear heads on the mean of the *projected* image tokens — exactly what the LM will
 read — to predict the generating factors of procedurally drawn, randomly transformed
 non-benchmark images: the six features of random faces, and shape / colour / count /

@@ -1,4 +1,7 @@
-"""Verification of unlearning (SPEC §6): relearning attack, continual unlearning, the verdict.
+"""Verification of unlearning (``docs/reference.md#reversibility``): relearning attack, MIA, probes, verdict.
+
+* :mod:`forgetlab.verify.assess` — the whole verification of one model (``forgetlab verify``, and every
+  model a study verifies): relearning attack, membership inference, probes, verdict -> ``verify.json``;
 
 * :mod:`forgetlab.verify.relearn` — fine-tune on half of the forgotten people, measure recovery
   on the held-out half (``forgetlab relearn``);

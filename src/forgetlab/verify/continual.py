@@ -1,4 +1,4 @@
-"""Continual unlearning (SPEC §6): the forget set arrives as N sequential requests.
+"""Continual unlearning (``docs/reference.md#continual-unlearning``): the forget set arrives as N sequential requests.
 
 The forget people of ``forget_<r>`` are shuffled (seeded by ``config.seed``) and cut into N
 people-level chunks whose sizes differ by at most one; N may not exceed the number of people
@@ -67,8 +67,9 @@ def _people_metrics(rows: Sequence[Mapping[str, Any]], prefix: str, ids: Sequenc
 
 def _check_out(out: Path) -> None:
     """Refuse to write into anything but an empty folder or a previous continual output."""
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / LOG_NAME).exists())):
-        raise ValueError(f"refusing to write into {out}: it exists and is not a continual output (no {LOG_NAME})")
+    from forgetlab.lock import check_replaceable
+
+    check_replaceable(out, LOG_NAME, "a continual output")
 
 
 def continual_unlearn(
