@@ -2,11 +2,17 @@
 
 Run: ``.venv/bin/python bench/bench_demo.py [--demo-metrics runs/demo/metrics.json]`` (``--rows-json PATH``:
 the table rows for ``bench/run_all.py``; ``--quick`` and ``--threads`` are accepted and change nothing).
+``forgetlab demo`` runs the packaged study (``forgetlab.study.DEMO_STUDY``) through the study pipeline.
 ``metrics.json`` holds ``seconds`` (the whole invocation) and ``stage_seconds`` (each stage of that
 invocation); where the run's ``manifest.json`` is beside it, each stage's time when it first finished is
 used instead (their sum is the demo's compute time, even after a resumed or repeated invocation).
 Without a manifest, a stage reused from an earlier run costs about nothing, so the figure is a cold
 demo's time only when no stage took ~0 s; the row names the stages that did.
+
+The manifest also tells whether the run *is* the packaged demo: the study sections its recorded
+configuration changes (``--people``, ``--set``, ``--log-with``... or ``forgetlab run`` of another study)
+are named in the row, as is where its original model came from (``shipped``: copied; ``trained``:
+knowledge injection included in the time, e.g. ``--retrain-original``).
 """
 
 from __future__ import annotations
@@ -20,7 +26,23 @@ from _common import add_common_args, emit, parse, row
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT = ROOT / "runs" / "demo" / "metrics.json"
-CACHED_S = 1.0  # a stage this fast reused an earlier run's output
+CACHED_S = 1.0  # a stage this fast reused an earlier run's output ...
+INSTANT = frozenset({"metrics"})  # ... except one that takes ~0 s in every run (writing metrics.json)
+
+
+def packaged_demo() -> dict:
+    """The configuration a run of the packaged demo study records in its manifest."""
+    from forgetlab.study import DEMO_STUDY, read_study
+    from forgetlab.study.pipeline import describe
+
+    return json.loads(json.dumps(describe(read_study(DEMO_STUDY))))
+
+
+def differences(config: dict | None, packaged: dict) -> list[str] | None:
+    """The study sections where a run's recorded configuration departs from the packaged demo (None: unknown)."""
+    if config is None:
+        return None
+    return sorted(k for k in packaged.keys() | config.keys() if config.get(k) != packaged.get(k))
 
 
 def measure(args: argparse.Namespace) -> dict:
@@ -31,20 +53,35 @@ def measure(args: argparse.Namespace) -> dict:
     metrics = json.loads(path.read_text())
     stages = metrics.get("stage_seconds") or {}
     manifest = path.with_name("manifest.json")
-    if manifest.is_file():  # each stage's time when it first finished: a rerun's cached stages do not hide it
-        first = {k: v.get("seconds") for k, v in json.loads(manifest.read_text()).get("stages", {}).items()}
-        if first and all(v is not None for v in first.values()):
-            stages = first
-            metrics = metrics | {"seconds": round(sum(first.values()), 1)}
+    recorded = json.loads(manifest.read_text()) if manifest.is_file() else {}
+    first = {k: v.get("seconds") for k, v in recorded.get("stages", {}).items()}
+    if first and all(v is not None for v in first.values()):
+        # each stage's time when it first finished: a rerun's cached stages do not hide it
+        stages = first
+        metrics = metrics | {"seconds": round(sum(first.values()), 1)}
     written = dt.datetime.fromtimestamp(path.stat().st_mtime, dt.timezone.utc)
     return {
         "path": shown,
         "present": True,
+        "study": metrics.get("study"),
         "seconds": metrics.get("seconds"),
         "stage_seconds": stages,
-        "cached": [k for k, v in stages.items() if v is not None and v < CACHED_S],
+        "cached": [k for k, v in stages.items() if v is not None and v < CACHED_S and k not in INSTANT],
+        "original": recorded.get("stages", {}).get("original", {}).get("original"),
+        "differs": differences(recorded.get("config"), packaged_demo()),
         "written": written.strftime("%Y-%m-%d %H:%M UTC"),
     }
+
+
+def provenance(res: dict) -> str:
+    """Whether the run is the packaged demo, and where its original model came from."""
+    if res["differs"] is None:
+        what = "not checked against the packaged demo study (no manifest.json beside it)"
+    elif res["differs"]:
+        what = f"NOT the packaged demo study: {res['study']!r} differs in {', '.join(res['differs'])}"
+    else:
+        what = "the packaged demo study"
+    return what + (f"; original model {res['original']}" if res["original"] else "")
 
 
 def report(res: dict) -> None:
@@ -52,6 +89,7 @@ def report(res: dict) -> None:
         print(f"{res['path']}: not found (run `make demo` first)")
         return
     print(f"{res['path']} (written {res['written']}): {res['seconds']} s")
+    print(provenance(res))
     for k, v in res["stage_seconds"].items():
         print(f"  {k:<24}{v:10.1f} s")
     if res["cached"]:
@@ -69,8 +107,9 @@ def to_rows(res: dict, args: argparse.Namespace) -> list[dict]:
         value = "unknown"
     else:
         value = f"{seconds:.1f} s" if seconds < 60 else f"{seconds:.0f} s ({seconds / 60:.1f} min)"
-    return [row("demo", figure, value, note=f"{res['path']}, written {res['written']}: {stages}{cached}",
-                seconds=seconds, stage_seconds=res["stage_seconds"], cached=res["cached"])]  # fmt: skip
+    note = f"{res['path']}, written {res['written']}, {provenance(res)}: {stages}{cached}"
+    return [row("demo", figure, value, note=note, seconds=seconds, stage_seconds=res["stage_seconds"],
+                cached=res["cached"], original=res["original"], differs=res["differs"])]  # fmt: skip
 
 
 def parser() -> argparse.ArgumentParser:

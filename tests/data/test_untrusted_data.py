@@ -193,3 +193,32 @@ def test_commands_print_one_line_for_malformed_data(tmp_path) -> None:
                                       str(tmp_path / "data"), "--out", str(tmp_path / "out")])  # fmt: skip
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert result.output.startswith("error: split 'ft_Data'") and len(result.output.strip().splitlines()) == 1
+
+
+def test_a_study_on_malformed_data_fails_in_one_line(tiny_bench, tmp_path) -> None:
+    """``forgetlab run``: an undecodable image in the benchmark folder a study names is one error line naming
+    the split and the person, not a traceback from inside the pipeline."""
+    import shutil
+
+    import yaml
+
+    from forgetlab.models.tiny import build_tiny_model, save_model
+    from forgetlab.train.finetune import benchmark_texts
+
+    root = Path(shutil.copytree(tiny_bench, tmp_path / "data"))
+    model, processor = build_tiny_model("llava", benchmark_texts(root), image_size=16)
+    save_model(model, processor, tmp_path / "model")
+    path = next((root / "forget_10").glob("*.parquet"))
+    rows = pq.read_table(path).to_pylist()
+    pid = rows[0]["ID"]
+    rows[0]["image"] = {"bytes": b"junk", "path": "/etc/passwd"}
+    pq.write_table(pa.Table.from_pylist(rows, schema=pq.read_schema(path)), path)
+    study = {"name": "bad", "benchmark": {"kind": "mllmu", "path": str(root)}, "forget_ratio": 10,
+             "model": {"source": "path", "path": str(tmp_path / "model")}, "workers": 1}  # fmt: skip
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(study))
+    result = CliRunner().invoke(app, ["run", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(
+        f"error: split 'forget_10', column 'image', ID '{pid}': cannot decode image bytes"
+    ), result.output

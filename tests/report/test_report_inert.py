@@ -1,8 +1,8 @@
 """End to end: a benchmark whose forgotten person is named with HTML gives an inert report.
 
-The synthetic benchmark is written, one forget person's name and ID are replaced in every parquet
-file by markup (``<script>``, ``"><img onerror=...>``), a tiny model is evaluated on it, and the
-study's own report builder (:func:`forgetlab.study.report.write_report`) renders the page, with
+A copy of the tiny synthetic benchmark is made, one forget person's name and ID are replaced in
+every parquet file by markup (``<script>``, ``"><img onerror=...>``), a tiny model is evaluated on
+it, and the study's own report builder (:func:`forgetlab.study.report.write_report`) renders the page, with
 markup also in the study's name, the benchmark folder's name, method names, the selection's
 metrics, verdicts and regime titles. The page is then parsed: no script, no event handler, no
 external resource; the markup shows up as text.
@@ -11,6 +11,7 @@ external resource; the markup shows up as text.
 from __future__ import annotations
 
 import json
+import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -20,7 +21,6 @@ from PIL import Image
 
 from forgetlab.benchmarks import evaluate_benchmark, load_benchmark
 from forgetlab.data.mllmu import load_biographies, split_ids
-from forgetlab.data.synth import write_benchmark
 from forgetlab.models.tiny import build_tiny_model
 from forgetlab.study.config import StudyConfig
 from forgetlab.study.report import write_report
@@ -73,9 +73,8 @@ class Page(HTMLParser):
         self.text.append(data)
 
 
-def test_report_from_poisoned_data_is_inert(tmp_path) -> None:
-    root = write_benchmark(tmp_path / EVIL_DIR, people=20, celebrities=4, train_views=1, test_views=1,
-                           perception_train=2, perception_test=2)  # fmt: skip
+def test_report_from_poisoned_data_is_inert(tiny_bench, tmp_path) -> None:
+    root = Path(shutil.copytree(tiny_bench, tmp_path / EVIL_DIR))
     poison(root)
     data = load_benchmark("mllmu", root, 10, generation=False)
     assert EVIL_ID in {s.person_id for s in data.eval_sets["forget"]}  # the poisoned person is evaluated

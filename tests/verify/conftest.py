@@ -11,7 +11,6 @@ import torch
 
 from forgetlab.benchmarks import BenchmarkData, load_benchmark
 from forgetlab.data.mllmu import load_training
-from forgetlab.data.synth import write_benchmark
 from forgetlab.models.tiny import build_tiny_model, save_model
 
 
@@ -24,12 +23,10 @@ def _one_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def bench(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """20 people, one view each: forget_10 = 2 people; 2 perception images, the world facts."""
-    out = tmp_path_factory.mktemp("verify") / "data"
-    return write_benchmark(
-        out, people=20, celebrities=4, train_views=1, test_views=1, perception_train=2, perception_test=2
-    )
+def bench(tiny_bench: Path) -> Path:
+    """The suite's tiny benchmark (``tests/conftest.py``): 20 people, one view each: forget_10 = 2 people;
+    2 perception images, the world facts."""
+    return tiny_bench
 
 
 @pytest.fixture(scope="session")

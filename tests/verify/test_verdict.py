@@ -54,9 +54,11 @@ def test_missing_inputs_are_undetermined_and_named() -> None:
     v = verdict({})
     assert v.reversible is None and v.catastrophic is None
     assert "undetermined" in v.label and "recovery_held_out" in v.label and "cka_median" in v.label
-    assert "retain_vqa_acc" in v.rule
+    assert "no retain metric with its orig_ value" in v.rule
     one_side = verdict({"recovery_held_out": 0.7, "retain_vqa_acc": 0.2, "orig_retain_vqa_acc": 0.8})
     assert one_side.catastrophic is True  # one available ratio is enough
+    tofu = verdict({"retain_prob": 0.5, "orig_retain_prob": 0.9})  # any retain metric of the benchmark counts
+    assert tofu.catastrophic is True and "retain prob 0.56x original" in tofu.rule
 
 
 def test_nan_and_none_count_as_missing() -> None:

@@ -170,6 +170,14 @@ class StudyConfig(_Section):
         if self.forget_ratio not in FORGET_PERCENTS[kind]:
             raise ValueError(f"forget_ratio: {self.forget_ratio} is not a {kind} split; choose one of "
                              f"{list(FORGET_PERCENTS[kind])}")  # fmt: skip
+        if kind == "embedded":
+            n = round(self.benchmark.people * self.forget_ratio / 100)
+            needed = max([2] + [r.requests for r in self.verify.regimes])
+            if n < needed:
+                raise ValueError(
+                    f"benchmark.people: {self.benchmark.people} people at forget_ratio {self.forget_ratio} give {n} "
+                    f"forget people; the relearning attack needs 2 and the regimes up to {needed} (one per request)"
+                )
         if self.model.source == "shipped" and kind != "embedded":
             raise ValueError("model.source: 'shipped' is the embedded benchmark's original; use path or finetune")
         if self.model.source == "finetune" and kind not in ("embedded", "mllmu"):

@@ -25,7 +25,7 @@ import functools
 import hashlib
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,10 @@ class DataRef:
     percent: int
     text: bool = True
     seed: int = 0
+    digest: str = ""  # the benchmark's content hash: part of every cache key that depends on the data
+
+    def key(self) -> dict[str, Any]:
+        return asdict(self)
 
     def load(self) -> BenchmarkData:
         return _load(self)
@@ -99,8 +103,10 @@ def prepare_benchmark(study: StudyConfig, out: Path, console: Console) -> tuple[
     if b.kind == "embedded":
         root = out / "data"
         _synth(study, root, console)
-        return DataRef("mllmu", str(root), study.forget_ratio), benchmark_digest(root)
-    return DataRef(b.kind, str(b.path), study.forget_ratio, b.text, b.seed), _folder_digest(b.path)
+        digest = benchmark_digest(root)
+        return DataRef("mllmu", str(root), study.forget_ratio, digest=digest), digest
+    digest = _folder_digest(b.path)
+    return DataRef(b.kind, str(b.path), study.forget_ratio, b.text, b.seed, digest), digest
 
 
 def prepare_original(study: StudyConfig, data: Path, digest: str, out: Path, console: Console) -> tuple[Path, str]:
@@ -145,12 +151,12 @@ def evaluate_original(out: Path, ref: DataRef, original: Path, ev: EvalSpec) -> 
         metrics, rows = evaluate_benchmark(ref.load(), model, processor, **ev.model_dump())
         return {"metrics": metrics, "rows": rows}
 
-    key = model_key(original) | {"eval": ev.model_dump()}
+    key = model_key(original) | {"eval": ev.model_dump(), "data": ref.key()}
     return memo(out / "cache" / "original_eval.json", key, compute)
 
 
 def sweep_job(study: StudyConfig, index: int, original: Path, ref: DataRef, models: Path) -> dict:
-    return sweep_method(study, study.runs[index], original, ref.load(), models)
+    return sweep_method(study, study.runs[index], original, ref.load(), models, data_key=ref.key())
 
 
 def regime_job(study: StudyConfig, regime: RegimeSpec, out: Path, ref: DataRef, original: Path) -> dict:
@@ -167,7 +173,8 @@ def regime_job(study: StudyConfig, regime: RegimeSpec, out: Path, ref: DataRef, 
         model, processor = load_for_eval(path)
         return evaluate_benchmark(ref.load(), model, processor, **study.eval.model_dump() | {"generation": False})[0]
 
-    metrics = memo(out / "cache" / f"{regime.name}_eval.json", model_key(path), compute)
+    key = model_key(path) | {"eval": study.eval.model_dump(), "data": ref.key()}
+    metrics = memo(out / "cache" / f"{regime.name}_eval.json", key, compute)
     about = {"method": regime.method, "lr": regime.lr, "requests": regime.requests, "title": regime.title,
              "expected": regime.expected, "path": str(path.relative_to(out))}  # fmt: skip
     return metrics | about
@@ -175,7 +182,7 @@ def regime_job(study: StudyConfig, regime: RegimeSpec, out: Path, ref: DataRef, 
 
 def baseline_job(out: Path, ref: DataRef, original: Path, settings: VerifySettings) -> dict:
     """The original's verification baselines (memoised): its view of the attack and its MIA AUCs."""
-    key = model_key(original) | {"settings": settings.model_dump(mode="json")}
+    key = model_key(original) | {"settings": settings.model_dump(mode="json"), "data": ref.key()}
     return memo(out / "cache" / "original_verify.json", key, lambda: verify_baseline(original, ref.load(), settings))
 
 

@@ -117,11 +117,18 @@ def _finished(run: Path, config: UnlearnConfig) -> bool:
 
 
 def evaluate_run(
-    original: Path, data: BenchmarkData, out: Path, config: UnlearnConfig, extra: dict, ev: EvalSpec | None = None
+    original: Path,
+    data: BenchmarkData,
+    out: Path,
+    config: UnlearnConfig,
+    extra: dict,
+    ev: EvalSpec | None = None,
+    data_key: dict | None = None,
 ) -> dict:
     """Unlearn (unless ``out`` already holds this run) and evaluate one run; memoised in ``out/eval.json``.
 
-    Generation metrics are scored only on TOFU (its forget metrics need them); the MCQ protocol is ``ev``'s."""
+    Generation metrics are scored only on TOFU (its forget metrics need them); the MCQ protocol is ``ev``'s.
+    ``data_key``: the benchmark's identity (folder, split, content hash) in the cache key."""
     from forgetlab.benchmarks import evaluate_benchmark
     from forgetlab.models.load import load_for_eval
 
@@ -136,11 +143,15 @@ def evaluate_run(
 
     if not _finished(out, config):
         unlearn_on(original, data, out, config)
-    key = {"config": config.resolved(), "original": model_key(original), "run": model_key(out), "eval": settings}
+    data_key = data_key or {"benchmark": data.name, "root": str(data.root), "percent": data.forget_percent}
+    key = {"config": config.resolved(), "original": model_key(original), "run": model_key(out), "eval": settings,
+           "data": data_key}  # fmt: skip
     return memo(out / "eval.json", key, compute)
 
 
-def sweep_method(study: StudyConfig, run: RunSpec, original: Path, data: BenchmarkData, models_dir: Path) -> dict:
+def sweep_method(
+    study: StudyConfig, run: RunSpec, original: Path, data: BenchmarkData, models_dir: Path, data_key: dict | None = None
+) -> dict:
     """Unlearn + evaluate one method at each of its learning rates and seeds; ``{run name: metrics}``."""
     seeds = study.run_seeds(run)
     extra = {"log_with": study.log_with} if study.log_with != "none" else {}
@@ -152,7 +163,7 @@ def sweep_method(study: StudyConfig, run: RunSpec, original: Path, data: Benchma
             out = models_dir / name
             config = study.unlearn_config(run, lr, seed, **extra, **({"mask": str(mask)} if mask else {}))
             about = {"method": run.method, "lr": lr, "seed": seed}
-            rows[name] = evaluate_run(original, data, out, config, about, study.eval)
+            rows[name] = evaluate_run(original, data, out, config, about, study.eval, data_key)
             if mask is None and (out / "mask.safetensors").exists():
                 mask = out / "mask.safetensors"
     return rows
