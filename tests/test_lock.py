@@ -47,7 +47,7 @@ def test_second_run_is_refused_naming_the_first(holder) -> None:
     "args",
     [
         ["unlearn", "--method", "ga", "--model", "m", "--data", "d"],
-        ["demo", "--people", "10"],
+        ["demo", "--people", "100"],
         ["run", str(DEMO_STUDY)],
         ["eval", "--model", "m", "--data", "d"],
         ["finetune", "--data", "d"],

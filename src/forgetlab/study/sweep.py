@@ -150,7 +150,12 @@ def evaluate_run(
 
 
 def sweep_method(
-    study: StudyConfig, run: RunSpec, original: Path, data: BenchmarkData, models_dir: Path, data_key: dict | None = None
+    study: StudyConfig,
+    run: RunSpec,
+    original: Path,
+    data: BenchmarkData,
+    models_dir: Path,
+    data_key: dict | None = None,
 ) -> dict:
     """Unlearn + evaluate one method at each of its learning rates and seeds; ``{run name: metrics}``."""
     seeds = study.run_seeds(run)

@@ -144,8 +144,8 @@ def verify_model(
     """
     settings = settings or VerifySettings()
     original, model, out = Path(original), Path(model), Path(out)
-    key = model_key(model) | {"settings": settings.model_dump(mode="json"), "original": str(original),
-                              "data": {"benchmark": data.name, "root": str(data.root), "percent": data.forget_percent}}  # fmt: skip
+    bench = {"benchmark": data.name, "root": str(data.root), "percent": data.forget_percent}
+    key = model_key(model) | {"settings": settings.model_dump(mode="json"), "original": str(original), "data": bench}
     return memo(out / RESULT, key, lambda: _verify(original, model, data, out, settings, baseline, unlearned_view,
                                                    cache_dir, progress))  # fmt: skip
 
