@@ -9,10 +9,10 @@ runner (``forgetlab.eval.runner.evaluate`` with ``EvalConfig(protocol=..., gener
 
 * ``loglik``: the question without options, each option scored as the answer; one forward pass
   per question when every option is a single token, one sequence per option otherwise;
-* ``generate``: the options listed in the prompt, greedy decoding of up to 5 new tokens, the first
-  letter parsed. An untrained model never emits end-of-sequence, so every batch decodes all 5
-  tokens; a trained one that stops right after its letter decodes about 2, so this is generate's
-  slow end.
+* ``generate``: the options listed in the prompt, greedy decoding of up to ``mcq_max_new_tokens``
+  (the reference's 50) new tokens, the letter parsed; zero-shot, every test rendering (the defaults).
+  An untrained model never emits end-of-sequence, so every batch decodes all of them; a trained
+  one that stops right after its letter decodes about 2, so this is generate's slow end.
 
 Both protocols alternate, ``--repeats`` times each, after one untimed pass of each (the loglik
 pass builds and memoises its per-question option plans; reported as the cold time); the best
@@ -61,7 +61,8 @@ def measure(args: argparse.Namespace) -> dict:
                 seconds, n = run(protocol)
                 assert n == len(mcqs), (n, len(mcqs))
                 best[protocol] = min(best[protocol], seconds)
-    return {"n": len(mcqs), "n_image": n_image, "single_token": single, "cold": cold, "best": best}
+    return {"n": len(mcqs), "n_image": n_image, "single_token": single, "cold": cold, "best": best,
+            "max_new_tokens": EvalConfig().mcq_max_new_tokens}  # fmt: skip
 
 
 def report(res: dict, args: argparse.Namespace) -> None:
@@ -84,7 +85,8 @@ def to_rows(res: dict, args: argparse.Namespace) -> list[dict]:
             f"cold first pass {n / cold['loglik']:.1f} q/s"),
             questions_per_s=n / best["loglik"], seconds=best["loglik"], cold_seconds=cold["loglik"], n=n),
         row(name, "generate protocol throughput", f"{n / best['generate']:.1f} q/s", note=(
-            f"{setting}; greedy, 5 new tokens every batch (untrained model: no early stop)"),
+            f"{setting}; greedy, {res['max_new_tokens']} new tokens every batch "
+            "(untrained model: no early stop)"),
             questions_per_s=n / best["generate"], seconds=best["generate"], cold_seconds=cold["generate"], n=n),
         row(name, "loglik / generate throughput", times(speedup),
             note="same model, same questions, evaluate(EvalConfig(protocol=...)) in one process", ratio=speedup),

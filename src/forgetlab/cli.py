@@ -87,8 +87,17 @@ def eval_(
     forget_ratio: Annotated[int, typer.Option(help="5, 10 or 15")] = 10,
     protocol: Annotated[str, typer.Option(help="loglik (fast) or generate (reference)")] = "loglik",
     generation: Annotated[bool, typer.Option(help="also run generation and cloze tasks")] = True,
+    few_shot: Annotated[
+        bool, typer.Option(help="generate only: one seeded person's MCQs as worked examples first (MLLMU-Bench)")
+    ] = False,
+    test_images: Annotated[
+        str, typer.Option(help="test set: 'all' renderings of every person, or 'one' seeded per person (MLLMU-Bench)")
+    ] = "all",
+    seed: Annotated[int, typer.Option(help="seed of the few-shot person and of the test rendering")] = 0,
 ) -> None:
-    """Evaluate a model: MCQ accuracy per split x modality, cloze, ROUGE and BLEU (shards under accelerate launch)."""
+    """Evaluate a model: MCQ accuracy per split x modality, cloze, ROUGE and BLEU (shards under accelerate launch).
+
+    MLLMU-Bench's own protocol: --protocol generate --few-shot --test-images one."""
     from forgetlab.data.mllmu import DataError
     from forgetlab.dist.shard import Shard
     from forgetlab.eval.runner import EvalConfig, evaluate
@@ -100,6 +109,10 @@ def eval_(
     set_threads()
     if protocol not in ("loglik", "generate"):
         _fail(f"--protocol must be 'loglik' or 'generate', got {protocol!r}")
+    if few_shot and protocol != "generate":
+        _fail("--few-shot is an option of --protocol generate")
+    if test_images not in ("all", "one"):
+        _fail(f"--test-images must be 'all' or 'one', got {test_images!r}")
     shard = Shard.current()  # under accelerate launch: questions split over processes, answers gathered
     lock = output_lock(out) if shard.is_main else contextlib.nullcontext()  # one writer per output folder
     try:
@@ -108,12 +121,16 @@ def eval_(
             m, processor = load(model)
             if shard.world > 1:
                 m.to(shard.device)
-            cfg = EvalConfig(forget_ratio=forget_ratio, protocol=protocol, generation=generation)  # type: ignore[arg-type]
+            cfg = EvalConfig(
+                forget_ratio=forget_ratio, protocol=protocol, generation=generation,  # type: ignore[arg-type]
+                few_shot=few_shot, test_images=test_images, seed=seed,  # type: ignore[arg-type]
+            )  # fmt: skip
             say = (lambda s: console.print(f"evaluating {s} ...")) if shard.is_main else None
             result = evaluate(m, processor, data, cfg, progress=say, shard=shard)
             if not shard.is_main:  # every process holds the gathered result; one writes it
                 return
             summary = {"model": str(model), "data": str(data), "forget_ratio": forget_ratio, "protocol": protocol,
+                       "few_shot": few_shot, "test_images": test_images, "seed": seed,
                        "metrics": result.metrics}  # fmt: skip
             write_json(out / "metrics.json", with_notes(summary))  # null + a note where a metric is undefined
             write_jsonl(out / "answers.jsonl", result.rows)

@@ -59,13 +59,16 @@ def test_protocols_agree_on_a_trained_model(bench_texts, small_bench):
     from dataclasses import replace
 
     from forgetlab.data.collate import collate, encode
-    from forgetlab.eval.mcq import _pad_id
+    from forgetlab.eval.mcq import _pad_id, reference_question
 
     torch.manual_seed(0)
     model, processor = build_tiny_model("llava", bench_texts, image_size=16, seed=0)
     questions = [s for s in load_split(small_bench, "World_Set") if s.task == "classification"][:24]
     examples = [encode(processor, s) for s in questions]  # question -> answer text
-    examples += [encode(processor, replace(s, answer=s.correct), with_options=True) for s in questions]
+    examples += [
+        encode(processor, replace(s, question=reference_question(s.question, s.options), answer=s.correct))
+        for s in questions
+    ]  # the generate protocol's user turn -> the letter
     pad = _pad_id(processor)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     gen = torch.Generator().manual_seed(0)

@@ -70,4 +70,5 @@ def test_eval_command_on_a_split_without_text_questions(tmp_path) -> None:
     out = strict_json((tmp_path / "eval" / "metrics.json").read_text())
     m = out["metrics"]
     assert m["forget_qa_n"] == 0 and m["forget_qa_acc"] is None and math.isfinite(m["forget_vqa_acc"])
-    assert out["undefined"] == {"metrics.forget_qa_acc": NO_ITEMS}
+    assert m["forget_qa_acc_norm"] is None  # the length-normalised accuracy of the same (no) questions
+    assert out["undefined"] == {"metrics.forget_qa_acc": NO_ITEMS, "metrics.forget_qa_acc_norm": NO_ITEMS}

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+from PIL import Image
 from transformers import ProcessorMixin
 
 from forgetlab.data.schema import Sample
@@ -26,14 +27,20 @@ Span = Literal["answer", "full"]
 SPANS: tuple[str, ...] = ("answer", "full")
 IGNORE = -100
 
-#: LLaVA-1.5 instruction used by the MLLMU-Bench reference evaluation for MCQs.
+#: LLaVA-1.5's MCQ instruction: the MCQ format the tiny original is *trained* on (``with_options``).
+#: The ``generate`` evaluation protocol asks with MLLMU-Bench's own instruction instead
+#: (:data:`forgetlab.eval.mcq.REFERENCE_INSTRUCTION`, ``docs/reference.md#mcq``).
 MCQ_INSTRUCTION = "Answer with the option's letter from the given choices directly."
 
 
+def option_lines(options: dict[str, str]) -> str:
+    """One ``X: option`` line per choice, in the options' order, joined by newlines."""
+    return "\n".join(f"{k}: {v}" for k, v in options.items())
+
+
 def mcq_question(question: str, options: dict[str, str]) -> str:
-    """The reference MCQ prompt: question, one ``X: option`` line per choice, instruction."""
-    lines = "\n".join(f"{k}: {v}" for k, v in options.items())
-    return f"{question}\n{lines}\n{MCQ_INSTRUCTION}"
+    """The training MCQ prompt: question, one ``X: option`` line per choice, :data:`MCQ_INSTRUCTION`."""
+    return f"{question}\n{option_lines(options)}\n{MCQ_INSTRUCTION}"
 
 
 def chat_messages(question: str, has_image: bool, answer: str | None = None) -> list[dict]:
@@ -58,10 +65,12 @@ def _token_extras(enc: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _encode_text(processor, text: str, image) -> dict[str, torch.Tensor]:
-    if image is None:
+    """Tokenise ``text`` with ``image`` (one image, a list of them in prompt order, or None)."""
+    images = [] if image is None else list(image) if isinstance(image, (list, tuple)) else [image]
+    if not images:
         enc = _tokenizer(processor)(text, return_tensors="pt", add_special_tokens=False)
     else:
-        enc = processor(images=[image], text=[text], return_tensors="pt", add_special_tokens=False)
+        enc = processor(images=images, text=[text], return_tensors="pt", add_special_tokens=False)
     return {k: v for k, v in enc.items()}
 
 
@@ -86,6 +95,39 @@ def render_prompt(processor, question: str, has_image: bool) -> str:
         return _plain(question, has_image)
     messages = chat_messages(question, has_image)
     return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def render_turns(processor, turns: Sequence[tuple[bool, str]]) -> str:
+    """Prompt of consecutive user turns ``(has_image, text)`` (no assistant turn between them), then the
+    assistant's turn marker: MLLMU-Bench's few-shot layout, where worked examples are ``USER:`` turns that
+    carry their own answer (``docs/reference.md#mcq``).
+
+    One turn is exactly :func:`render_prompt`. A chat template that refuses consecutive user turns (one
+    that enforces alternation) gets them as one user turn with the parts in order, each earlier text
+    ending with a newline. Without a chat template the earlier texts come first, one line each, then
+    :data:`PLAIN_PROMPT` of the last (text only).
+    """
+    if not turns:
+        raise ValueError("a prompt needs at least one turn")
+    if len(turns) == 1:
+        return render_prompt(processor, turns[0][1], turns[0][0])
+    if not has_chat_template(processor):
+        if any(has_image for has_image, _ in turns):
+            raise ValueError("the processor has no chat template, so there is no place for the images in the prompt")
+        return "".join(f"{text}\n" for _, text in turns[:-1]) + PLAIN_PROMPT.format(question=turns[-1][1])
+    from jinja2.exceptions import TemplateError  # chat templates need jinja2 anyway
+
+    messages = [chat_messages(text, has_image)[0] for has_image, text in turns]
+    try:
+        return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except TemplateError:  # e.g. "roles must alternate user/assistant"
+        parts: list[dict] = []
+        for k, (has_image, text) in enumerate(turns):
+            if has_image:
+                parts.append({"type": "image"})
+            parts.append({"type": "text", "text": text if k == len(turns) - 1 else f"{text}\n"})
+        merged = [{"role": "user", "content": parts}]
+        return processor.apply_chat_template(merged, tokenize=False, add_generation_prompt=True)
 
 
 def render_conversation(processor, question: str, has_image: bool, answer: str) -> str:
@@ -177,6 +219,22 @@ def encode_prompt(processor: ProcessorMixin, sample: Sample, *, with_options: bo
     question = mcq_question(sample.question, sample.options) if with_options else sample.question
     prompt = render_prompt(processor, question, sample.image is not None)
     enc = _encode_text(processor, prompt, sample.image)
+    ids = enc["input_ids"][0]
+    return Encoded(
+        input_ids=ids,
+        labels=torch.full_like(ids, IGNORE),
+        pixel_values=enc.get("pixel_values"),
+        image_grid_thw=enc.get("image_grid_thw"),
+        prompt_len=len(ids),
+        token_extras=_token_extras(enc),
+    )
+
+
+def encode_turns(processor: ProcessorMixin, turns: Sequence[tuple[Image.Image | None, str]]) -> Encoded:
+    """Tokenise a prompt of consecutive user turns ``(image or None, text)`` (:func:`render_turns`), every
+    image in turn order; labels are all ignored. One turn gives what :func:`encode_prompt` gives."""
+    prompt = render_turns(processor, [(image is not None, text) for image, text in turns])
+    enc = _encode_text(processor, prompt, [image for image, _ in turns if image is not None])
     ids = enc["input_ids"][0]
     return Encoded(
         input_ids=ids,

@@ -8,8 +8,12 @@
   scores too: the sum divided by the option's length in characters, as lm-evaluation-harness's
   ``acc_norm`` does (characters, not tokens, so the choice does not depend on the tokenizer).
   It is reported beside the plain one (``predicted_norm``; the runner's ``*_acc_norm``).
-* ``generate`` (the MLLMU-Bench reference): the prompt lists the options and asks for
-  the letter; greedy decoding; the first alphanumeric character is the prediction.
+* ``generate`` (MLLMU-Bench's ``eval.py``, ``docs/reference.md#mcq``): the user turn is the
+  reference's text string for string (:func:`reference_question`: question, ``X: option`` lines,
+  "Just give ONE letter representing the answer directly."), shown through the processor's chat
+  template; optionally after worked examples of one person (:func:`worked_example`, few-shot, chosen by
+  the runner); greedy decoding of up to 50 new tokens; the prediction is the first character of the
+  stripped answer, upper-cased, when it is an option letter (:func:`first_letter`).
 """
 
 from __future__ import annotations
@@ -19,14 +23,35 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
+from PIL import Image
 
-from forgetlab.data.collate import Encoded, collate, encode, encode_cached, encode_prompt, processor_fingerprint
+from forgetlab.data.collate import (
+    Encoded,
+    collate,
+    encode,
+    encode_cached,
+    encode_prompt,
+    encode_turns,
+    option_lines,
+    processor_fingerprint,
+    render_turns,
+)
 from forgetlab.data.schema import Sample
 from forgetlab.eval.textmetrics import parse_choice
 from forgetlab.models.inputs import to_model
 
 Protocol = Literal["loglik", "generate"]
 PROTOCOLS: tuple[str, ...] = ("loglik", "generate")
+
+#: MLLMU-Bench's MCQ instruction (``eval.py`` at 0e3098e, lines 361 and 415).
+REFERENCE_INSTRUCTION = "Just give ONE letter representing the answer directly."
+#: MLLMU-Bench's decoding length for MCQs, image and text questions alike (``eval.py`` lines 372, 428: LLaVA).
+REFERENCE_MAX_NEW_TOKENS = 50
+
+LetterRule = Literal["first", "alnum"]
+#: ``first``: MLLMU-Bench's rule (:func:`first_letter`); ``alnum``: the first alphanumeric character
+#: (:func:`forgetlab.eval.textmetrics.parse_choice`), which also reads ``(B)`` or ``**B**``.
+LETTER_RULES: tuple[str, ...] = ("first", "alnum")
 
 
 @dataclass
@@ -176,22 +201,14 @@ def score_options(
 
 
 @torch.no_grad()
-def generate_answers(
-    model,
-    processor,
-    samples: Sequence[Sample],
-    *,
-    with_options: bool,
-    max_new_tokens: int,
-    batch_size: int = 32,
+def _generate(
+    model, processor, chunks: Sequence[Sequence], encode_fn: Callable[[object], Encoded], max_new_tokens: int
 ) -> list[str]:
-    """Greedy answers to each sample's prompt (left-padded batches), special tokens removed."""
     tok = getattr(processor, "tokenizer", processor)
     pad_id = _pad_id(processor)
     texts: list[str] = []
-    for chunk in _chunks(list(samples), batch_size):
-        prompts = [encode_prompt(processor, s, with_options=with_options) for s in chunk]
-        batch = collate(prompts, pad_id, left_pad=True)
+    for chunk in chunks:
+        batch = collate([encode_fn(item) for item in chunk], pad_id, left_pad=True)
         batch.pop("labels")
         out = model.generate(
             **to_model(model, batch), max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id
@@ -201,18 +218,117 @@ def generate_answers(
     return texts
 
 
-def answer_mcq(
-    model, processor, samples: Sequence[Sample], protocol: Protocol = "loglik", batch_size: int = 32
+def generate_answers(
+    model,
+    processor,
+    samples: Sequence[Sample],
+    *,
+    with_options: bool,
+    max_new_tokens: int,
+    batch_size: int = 32,
+) -> list[str]:
+    """Greedy answers to each sample's prompt (left-padded batches), special tokens removed.
+
+    ``with_options`` asks in the *training* MCQ format (:func:`forgetlab.data.collate.mcq_question`); the
+    ``generate`` MCQ protocol asks in the reference's (:func:`generate_mcq`)."""
+    return _generate(
+        model, processor, list(_chunks(list(samples), batch_size)),
+        lambda s: encode_prompt(processor, s, with_options=with_options), max_new_tokens,
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- the generate protocol
+
+
+def reference_question(question: str, options: dict[str, str]) -> str:
+    """The user turn of an MCQ under ``generate``: MLLMU-Bench's question, ``X: option`` lines and
+    instruction (``eval.py`` lines 113-127 and 359-361), ``{question}\\nA: ...\\nD: ...\\n`` + the instruction."""
+    return f"{question}\n{option_lines(options)}\n{REFERENCE_INSTRUCTION}"
+
+
+def worked_example(sample: Sample) -> str:
+    """A few-shot example's user turn (``eval.py`` lines 349-357): ``Question: {question}``, the option lines
+    and ``Correct Answer: {letter}``, no instruction and no assistant turn."""
+    if not sample.options or sample.correct is None:
+        raise ValueError(f"a worked example must be a multiple-choice question: {sample.question!r}")
+    return f"Question: {sample.question}\n{option_lines(sample.options)}\nCorrect Answer: {sample.correct}"
+
+
+def generate_turns(sample: Sample, shots: Sequence[Sample] = ()) -> list[tuple[Image.Image | None, str]]:
+    """The user turns ``(image or None, text)`` asking ``sample`` under ``generate``: the worked examples of
+    ``shots`` of the same modality (image questions with their images, text questions without: ``eval.py``
+    lines 344-357 and 398-411), then the question with its image (:func:`reference_question`)."""
+    if not sample.options:
+        raise ValueError(f"sample of {sample.person_id!r} is not a multiple-choice question: {sample.question!r}")
+    turns = [(s.image, worked_example(s)) for s in shots if s.modality == sample.modality]
+    turns.append((sample.image, reference_question(sample.question, sample.options)))
+    return turns
+
+
+def generate_prompt(processor, sample: Sample, shots: Sequence[Sample] = ()) -> str:
+    """The prompt text of ``sample`` under ``generate`` through ``processor``'s chat template."""
+    return render_turns(processor, [(image is not None, text) for image, text in generate_turns(sample, shots)])
+
+
+def first_letter(generated: str, letters: str = "ABCD") -> str | None:
+    """MLLMU-Bench's letter (``eval.py`` lines 375-376, 431-432): the first character of the stripped answer,
+    upper-cased, if it is one of ``letters``, else None.
+
+    The reference decodes prompt and answer together and keeps the text between the prompt's closing
+    ``ASSISTANT:`` and the next one; on the answer alone that is the text before its first
+    ``ASSISTANT:``. So ``"b) Paris"`` -> ``"B"``, but ``"(B)"``, ``"**B**"``, ``"The answer is B"`` -> None.
+    """
+    text = generated.split("ASSISTANT:", 1)[0].strip()
+    if not text:
+        return None
+    head = text[0].upper()
+    return head if head in letters.upper() else None
+
+
+def generate_mcq(
+    model,
+    processor,
+    samples: Sequence[Sample],
+    *,
+    shots: Sequence[Sample] = (),
+    max_new_tokens: int = REFERENCE_MAX_NEW_TOKENS,
+    letter: LetterRule = "first",
+    batch_size: int = 32,
 ) -> list[Choice]:
-    """Predicted letters for ``samples`` under ``protocol``."""
+    """The ``generate`` protocol: greedy answers to :func:`generate_turns` prompts, read by ``letter``'s rule."""
+    if letter not in LETTER_RULES:
+        raise ValueError(f"unknown letter rule {letter!r}; choose one of {list(LETTER_RULES)}")
+    samples = list(samples)
+    texts = _generate(
+        model, processor, list(_chunks(samples, batch_size)),
+        lambda s: encode_turns(processor, generate_turns(s, shots)), max_new_tokens,
+    )  # fmt: skip
+    read = first_letter if letter == "first" else parse_choice
+    return [Choice(read(g, "".join(s.options or "ABCD")), generated=g) for s, g in zip(samples, texts, strict=True)]
+
+
+def answer_mcq(
+    model,
+    processor,
+    samples: Sequence[Sample],
+    protocol: Protocol = "loglik",
+    batch_size: int = 32,
+    *,
+    shots: Sequence[Sample] = (),
+    max_new_tokens: int = REFERENCE_MAX_NEW_TOKENS,
+    letter: LetterRule = "first",
+) -> list[Choice]:
+    """Predicted letters for ``samples`` under ``protocol``; ``shots``, ``max_new_tokens`` and ``letter`` are
+    options of ``generate`` (:func:`generate_mcq`)."""
     if protocol == "loglik":
+        if shots:
+            raise ValueError("few-shot examples are an option of the 'generate' protocol, not of 'loglik'")
         return score_options(model, processor, samples, batch_size)
     if protocol == "generate":
-        gen = generate_answers(model, processor, samples, with_options=True, max_new_tokens=5, batch_size=batch_size)
-        return [
-            Choice(parse_choice(g, "".join(s.options or "ABCD")), generated=g)
-            for s, g in zip(samples, gen, strict=True)
-        ]
+        return generate_mcq(
+            model, processor, samples, shots=shots, max_new_tokens=max_new_tokens, letter=letter,
+            batch_size=batch_size,
+        )  # fmt: skip
     raise ValueError(f"unknown MCQ protocol {protocol!r}; choose one of {list(PROTOCOLS)}")
 
 

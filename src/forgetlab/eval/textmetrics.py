@@ -5,7 +5,9 @@ Definitions: ``docs/reference.md#generation-metrics``, ``#cloze`` and ``#mcq`` (
 * ROUGE-1/2/L F1 with Porter stemming (``rouge_score``), scored as ``score(reference, prediction)``.
 * Sentence BLEU on whitespace tokens, uniform 4-gram weights, NLTK smoothing method1.
 * Cloze: the ground truth occurs in the output (case-insensitive, whitespace-normalised).
-* MCQ letter parsing: the first alphanumeric character of the answer, upper-cased.
+* MCQ letter parsing (:func:`parse_choice`, the ``generate`` protocol's ``letter="alnum"``): the first
+  alphanumeric character of the answer, upper-cased. The reference's own rule, the first character,
+  is :func:`forgetlab.eval.mcq.first_letter`.
 """
 
 from __future__ import annotations
@@ -68,8 +70,9 @@ def parse_choice(
 ) -> str | None:
     """The chosen option letter of an MCQ answer, or None.
 
-    Reference protocol (MLLMU-Bench): if the decoded text contains one of ``markers`` (tried in
-    order) only the text after its first occurrence is used; then the first alphanumeric
+    A lenient reading (the ``generate`` protocol's ``letter="alnum"``; MLLMU-Bench's own rule is the first
+    character, :func:`forgetlab.eval.mcq.first_letter`): if the decoded text contains one of ``markers`` (tried
+    in order) only the text after its first occurrence is used; then the first alphanumeric
     character is taken and upper-cased. It is returned if it is one of ``letters``, else None
     (e.g. "(b) Paris" -> "B", "**C**" -> "C", "I think A" -> None, "" -> None).
     """
