@@ -27,10 +27,9 @@ Span = Literal["answer", "full"]
 SPANS: tuple[str, ...] = ("answer", "full")
 IGNORE = -100
 
-#: LLaVA-1.5's MCQ instruction: the MCQ format the tiny original is *trained* on (``with_options``).
-#: The ``generate`` evaluation protocol asks with MLLMU-Bench's own instruction instead
-#: (:data:`forgetlab.eval.mcq.REFERENCE_INSTRUCTION`, ``docs/reference.md#mcq``).
-MCQ_INSTRUCTION = "Answer with the option's letter from the given choices directly."
+#: MLLMU-Bench's MCQ instruction (``eval.py`` lines 359-361, ``docs/reference.md#mcq``): the format the
+#: ``generate`` protocol asks in and the tiny original is trained on (``with_options``), one string for both.
+MCQ_INSTRUCTION = "Just give ONE letter representing the answer directly."
 
 
 def option_lines(options: dict[str, str]) -> str:
@@ -39,7 +38,8 @@ def option_lines(options: dict[str, str]) -> str:
 
 
 def mcq_question(question: str, options: dict[str, str]) -> str:
-    """The training MCQ prompt: question, one ``X: option`` line per choice, :data:`MCQ_INSTRUCTION`."""
+    """The MCQ user turn: question, one ``X: option`` line per choice, :data:`MCQ_INSTRUCTION` (MLLMU-Bench's
+    ``eval.py`` lines 113-127 and 359-361): what ``generate`` asks and what the original is trained on."""
     return f"{question}\n{option_lines(options)}\n{MCQ_INSTRUCTION}"
 
 

@@ -26,12 +26,14 @@ import torch
 from PIL import Image
 
 from forgetlab.data.collate import (
+    MCQ_INSTRUCTION,
     Encoded,
     collate,
     encode,
     encode_cached,
     encode_prompt,
     encode_turns,
+    mcq_question,
     option_lines,
     processor_fingerprint,
     render_turns,
@@ -44,7 +46,7 @@ Protocol = Literal["loglik", "generate"]
 PROTOCOLS: tuple[str, ...] = ("loglik", "generate")
 
 #: MLLMU-Bench's MCQ instruction (``eval.py`` at 0e3098e, lines 361 and 415).
-REFERENCE_INSTRUCTION = "Just give ONE letter representing the answer directly."
+REFERENCE_INSTRUCTION = MCQ_INSTRUCTION  # MLLMU-Bench's: "Just give ONE letter representing the answer directly."
 #: MLLMU-Bench's decoding length for MCQs, image and text questions alike (``eval.py`` lines 372, 428: LLaVA).
 REFERENCE_MAX_NEW_TOKENS = 50
 
@@ -229,8 +231,8 @@ def generate_answers(
 ) -> list[str]:
     """Greedy answers to each sample's prompt (left-padded batches), special tokens removed.
 
-    ``with_options`` asks in the *training* MCQ format (:func:`forgetlab.data.collate.mcq_question`); the
-    ``generate`` MCQ protocol asks in the reference's (:func:`generate_mcq`)."""
+    ``with_options`` asks in the MCQ format (:func:`forgetlab.data.collate.mcq_question`, the reference's);
+    the ``generate`` MCQ protocol (:func:`generate_mcq`) adds the reference's few-shot turns when asked."""
     return _generate(
         model, processor, list(_chunks(list(samples), batch_size)),
         lambda s: encode_prompt(processor, s, with_options=with_options), max_new_tokens,
@@ -243,7 +245,7 @@ def generate_answers(
 def reference_question(question: str, options: dict[str, str]) -> str:
     """The user turn of an MCQ under ``generate``: MLLMU-Bench's question, ``X: option`` lines and
     instruction (``eval.py`` lines 113-127 and 359-361), ``{question}\\nA: ...\\nD: ...\\n`` + the instruction."""
-    return f"{question}\n{option_lines(options)}\n{REFERENCE_INSTRUCTION}"
+    return mcq_question(question, options)  # the same string the original is trained on
 
 
 def worked_example(sample: Sample) -> str:

@@ -139,6 +139,15 @@ class EvalSpec(_Section):
     generation: bool = Field(True, description="score open generation (ROUGE/BLEU, cloze) for the original model")
     max_new_tokens: int = Field(8, ge=1)
     batch_size: int = Field(32, ge=1)
+    compare: list[Literal["loglik", "generate"]] = Field(
+        default_factory=list,
+        description="other MCQ protocols the original is also scored with (MCQ accuracies and the share of "
+        "questions on which both protocols pick the same letter), under models.original.<protocol>",
+    )
+
+    def settings(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`forgetlab.benchmarks.evaluate_benchmark`."""
+        return self.model_dump(exclude={"compare"})
 
 
 class ReportSpec(_Section):

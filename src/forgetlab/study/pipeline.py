@@ -148,11 +148,26 @@ def evaluate_original(out: Path, ref: DataRef, original: Path, ev: EvalSpec) -> 
 
     def compute() -> dict:
         model, processor = load_for_eval(original)
-        metrics, rows = evaluate_benchmark(ref.load(), model, processor, **ev.model_dump())
+        data = ref.load()
+        metrics, rows = evaluate_benchmark(data, model, processor, **ev.settings())
+        for protocol in (p for p in ev.compare if p != ev.protocol):
+            other, other_rows = evaluate_benchmark(data, model, processor, **ev.settings() | {"protocol": protocol,
+                                                                                              "generation": False})  # fmt: skip
+            metrics[protocol] = {k: v for k, v in other.items() if k.endswith(("_acc", "_n"))} | {
+                "agreement": protocol_agreement(rows, other_rows)
+            }
         return {"metrics": metrics, "rows": rows}
 
     key = model_key(original) | {"eval": ev.model_dump(), "data": ref.key()}
     return memo(out / "cache" / "original_eval.json", key, compute)
+
+
+def protocol_agreement(rows: list[dict], other: list[dict]) -> float | None:
+    """The share of MCQ questions on which two evaluations (two protocols) pick the same letter."""
+    key = lambda r: (r["set"], r["id"], r["question"])  # noqa: E731
+    picked = {key(r): r.get("predicted") for r in rows if r["task"] == "classification"}
+    same = [picked[key(r)] == r.get("predicted") for r in other if r["task"] == "classification" and key(r) in picked]
+    return sum(same) / len(same) if same else None
 
 
 def sweep_job(study: StudyConfig, index: int, original: Path, ref: DataRef, models: Path) -> dict:
@@ -171,7 +186,7 @@ def regime_job(study: StudyConfig, regime: RegimeSpec, out: Path, ref: DataRef, 
 
     def compute() -> dict:
         model, processor = load_for_eval(path)
-        return evaluate_benchmark(ref.load(), model, processor, **study.eval.model_dump() | {"generation": False})[0]
+        return evaluate_benchmark(ref.load(), model, processor, **study.eval.settings() | {"generation": False})[0]
 
     key = model_key(path) | {"eval": study.eval.model_dump(), "data": ref.key()}
     metrics = memo(out / "cache" / f"{regime.name}_eval.json", key, compute)

@@ -22,6 +22,7 @@ from forgetlab.report.html import (
     esc,
     example_cards,
     figure,
+    fmt,
     metrics_table,
     verdict_table,
 )
@@ -74,7 +75,20 @@ def write_report(study: StudyConfig, out: Path, data: BenchmarkData, metrics: di
         "non-members (0.5 = indistinguishable); recovery: share of the lost accuracy that relearning "
         "<em>other</em> forgotten people brings back on the held-out ones.</p>",
     )
-    if runs and all(k in models["original"] for k in ("forget_vqa_acc", "forget_qa_acc", "retain_vqa_acc")):
+    original = models["original"]
+    compared = {p: original[p] for p in ("loglik", "generate") if isinstance(original.get(p), dict)}
+    if compared:
+        primary = study.eval.protocol
+        rows = {f"{primary} (reported)": original} | compared
+        agreement = "; ".join(f"{p}: {fmt(m.get('agreement'))}" for p, m in compared.items())
+        report.add(
+            "MCQ protocols on the original model",
+            metrics_table(rows, _columns(layout))
+            + f"<p class='muted'>Share of questions on which the protocol picks the same letter as {esc(primary)}: "
+            f"{esc(agreement)}. loglik scores each option's text; generate lists the options with MLLMU-Bench's "
+            "instruction and parses the first letter of a greedy answer.</p>",
+        )
+    if runs and all(k in original for k in ("forget_vqa_acc", "forget_qa_acc", "retain_vqa_acc")):
         report.add(
             "Trade-off: forgetting the face vs keeping text knowledge and perception",
             figure(tradeoff_plot(runs, models["original"]), "one curve per method, points = learning rates"),

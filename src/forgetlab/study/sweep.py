@@ -132,7 +132,7 @@ def evaluate_run(
     from forgetlab.benchmarks import evaluate_benchmark
     from forgetlab.models.load import load_for_eval
 
-    settings = (ev.model_dump() if ev else {}) | {"generation": data.name == "tofu"}
+    settings = (ev.settings() if ev else {}) | {"generation": data.name == "tofu"}
 
     def compute() -> dict:
         info = json.loads((out / "unlearn.json").read_text())

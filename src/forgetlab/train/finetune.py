@@ -38,8 +38,9 @@ from forgetlab.models.tiny import Arch, build_tiny_model, save_model
 from forgetlab.train.vision_pretrain import pretrain_vision
 
 #: version of the training procedure beyond its config (bumped when the same config trains differently);
-#: 2: each batch runs as micro-batches of similar length (same examples per step, less padding)
-RECIPE = 2
+#: 2: each batch runs as micro-batches of similar length (same examples per step, less padding);
+#: 3: MCQ examples in MLLMU-Bench's format ("Just give ONE letter representing the answer directly.")
+RECIPE = 3
 
 #: a trained original model shipped with the package (``forgetlab demo`` copies it instead of training
 #: when it was trained with the same config and recipe on a benchmark with the same content hash)
