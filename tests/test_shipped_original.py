@@ -69,7 +69,7 @@ def test_shipped_original_meets_the_knowledge_injection_targets(demo):
     study, _, root, _ = demo
     model, processor = load(SHIPPED_ORIGINAL)
     data = load_benchmark("mllmu", root, study.forget_ratio, generation=False)
-    metrics, _ = evaluate_benchmark(data, model, processor, **study.eval.model_dump() | {"generation": False})
+    metrics, _ = evaluate_benchmark(data, model, processor, **study.eval.settings() | {"generation": False})
     assert metrics["test_vqa_n"] >= 100 and metrics["retain_vqa_n"] >= 400
     missed = {k: metrics[k] for k, target in TARGETS.items() if metrics[k] < target}
     assert not missed, f"below target: {missed}"

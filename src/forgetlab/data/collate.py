@@ -217,17 +217,7 @@ def encode(
 def encode_prompt(processor: ProcessorMixin, sample: Sample, *, with_options: bool = False) -> Encoded:
     """Tokenise only the prompt (for generation and option scoring); labels are all ignored."""
     question = mcq_question(sample.question, sample.options) if with_options else sample.question
-    prompt = render_prompt(processor, question, sample.image is not None)
-    enc = _encode_text(processor, prompt, sample.image)
-    ids = enc["input_ids"][0]
-    return Encoded(
-        input_ids=ids,
-        labels=torch.full_like(ids, IGNORE),
-        pixel_values=enc.get("pixel_values"),
-        image_grid_thw=enc.get("image_grid_thw"),
-        prompt_len=len(ids),
-        token_extras=_token_extras(enc),
-    )
+    return encode_turns(processor, [(sample.image, question)])
 
 
 def encode_turns(processor: ProcessorMixin, turns: Sequence[tuple[Image.Image | None, str]]) -> Encoded:
