@@ -151,8 +151,8 @@ def evaluate_original(out: Path, ref: DataRef, original: Path, ev: EvalSpec) -> 
         data = ref.load()
         metrics, rows = evaluate_benchmark(data, model, processor, **ev.settings())
         for protocol in (p for p in ev.compare if p != ev.protocol):
-            other, other_rows = evaluate_benchmark(data, model, processor, **ev.settings() | {"protocol": protocol,
-                                                                                              "generation": False})  # fmt: skip
+            settings = ev.settings() | {"protocol": protocol, "generation": False}
+            other, other_rows = evaluate_benchmark(data, model, processor, **settings)
             metrics[protocol] = {k: v for k, v in other.items() if k.endswith(("_acc", "_n"))} | {
                 "agreement": protocol_agreement(rows, other_rows)
             }
