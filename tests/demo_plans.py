@@ -35,6 +35,7 @@ TOY: dict[str, object] = {
         {"name": "continual", "title": "two requests", "expected": "irreversible", "lr": 1e-3, "requests": 2},
     ],
     "log_with": "tensorboard",  # the runs' training curves as event files too
+    "eval.compare": [],  # the generate protocol is checked by tests/test_study.py on a smaller benchmark
 }
 
 

@@ -187,10 +187,15 @@ def _check_study(out: Path, sections: tuple[str, ...]) -> dict:
 
 
 def test_study_on_an_mllmu_folder_in_the_real_schema(tmp_path, llava, mllmu) -> None:
-    path = _study(tmp_path, {"kind": "mllmu", "path": str(mllmu)}, llava, 10)
+    path = _study(tmp_path, {"kind": "mllmu", "path": str(mllmu)}, llava, 10,
+                  eval={"generation": False, "compare": ["generate"]})  # fmt: skip
     result = runner.invoke(app, ["run", str(path), "--out", str(tmp_path / "run"), "--set", "schedule.seed=1"])
     assert result.exit_code == 0, result.output
-    metrics = _check_study(tmp_path / "run", ("Forgotten people",))
+    metrics = _check_study(tmp_path / "run", ("Forgotten people", "MCQ protocols on the original model"))
+    original, generate = metrics["models"]["original"], metrics["models"]["original"]["generate"]
+    assert generate["forget_vqa_n"] == original["forget_vqa_n"] and 0 <= generate["forget_vqa_acc"] <= 1
+    assert 0 <= generate["agreement"] <= 1
+    assert {k for k in generate if k.endswith("_acc")} == {k for k in original if k.endswith("_acc")}
     run = metrics["models"]["ga_diff@0.001"]
     assert run["seed"] == 1 and 0 <= run["forget_vqa_acc"] <= 1 and run["realworld_vqa_acc"] is not None
     assert "Test_Set" in run["mia"]["nonmembers"]  # the real layout has no never-trained people

@@ -204,6 +204,7 @@ def test_study_copies_a_fitting_shipped_original_and_trains_otherwise(quick_mode
     shipped = load_file(root / "a" / "model.safetensors")
     assert all(torch.equal(shipped[k], copied[k]) for k in shipped)
     assert original(tmp_path / "m") == "cached"
-    assert original(tmp_path / "n", seed=1) == "trained"  # another config: the shipped model does not fit
-    assert original(tmp_path / "o", source="finetune") == "trained"  # model.source=finetune (--retrain-original)
-    assert json.loads((tmp_path / "n" / "models" / "original" / "finetune.json").read_text())["config"]["seed"] == 1
+    # another config: the shipped model does not fit (trained_as above), so it is trained, as with source=finetune
+    assert original(tmp_path / "o", source="finetune", seed=1) == "trained"  # (--retrain-original)
+    assert json.loads((tmp_path / "o" / "models" / "original" / "finetune.json").read_text())["config"]["seed"] == 1
+    assert original(tmp_path / "o", source="shipped", seed=1) == "cached"  # the folder already holds that model
