@@ -239,3 +239,20 @@ def write_mllmu(root: Path, percent: int = 10) -> Path:
     write(root / "train_split" / f"retain_{100 - percent}",
           [_train_row(p, n) for p, n in people.items() if p not in forget])  # fmt: skip
     return root
+
+
+def tiny_causal_lm(texts: list[str], max_positions: int = 512):
+    """(model, tokenizer): a freshly initialised (seed 0) 2-layer Qwen2 text LM over the words of ``texts``."""
+    import torch
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    from forgetlab.models.tiny import build_tokenizer
+
+    tok = build_tokenizer(texts, "llava")
+    config = Qwen2Config(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, max_position_embeddings=max_positions, pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=False,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config), tok

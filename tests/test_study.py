@@ -8,16 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import yaml
 from PIL import Image
-from transformers import AutoModelForCausalLM, Qwen2Config
 from typer.testing import CliRunner
 
-from bench_fixtures import write_clear, write_mllmu, write_tofu
+from bench_fixtures import tiny_causal_lm, write_clear, write_mllmu, write_tofu
 from forgetlab.benchmarks import load_benchmark
 from forgetlab.cli import app
-from forgetlab.models.tiny import build_tiny_model, build_tokenizer, save_model
+from forgetlab.models.tiny import build_tiny_model, save_model
 from forgetlab.study import DEMO_STUDY, read_study
 from forgetlab.verify.verdict import verdict
 
@@ -39,14 +37,7 @@ def _texts(data) -> list[str]:
 
 
 def _causal_lm(texts: list[str], path: Path) -> Path:
-    tok = build_tokenizer(texts, "llava")
-    config = Qwen2Config(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=1, max_position_embeddings=512, pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=False,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    save_model(AutoModelForCausalLM.from_config(config), tok, path)
+    save_model(*tiny_causal_lm(texts), path)
     return path
 
 

@@ -164,12 +164,6 @@ def print_metrics(models: dict[str, dict]) -> None:
     Console(width=max(140, Console().width)).print(table)
 
 
-def _study_overrides(items: list[str] | None) -> dict:
-    from forgetlab.train.commands import parse_overrides
-
-    return parse_overrides(items)
-
-
 def run_and_print(study, out: Path) -> None:
     """Run a study (:func:`forgetlab.study.pipeline.run_study`) and print its chosen models."""
     from forgetlab.study.pipeline import run_study
@@ -194,11 +188,11 @@ def run(
     """Run a study: benchmark -> original model -> every method x LR x seed -> selection -> verification ->
     metrics.json + report.html. Rerunning resumes: finished stages are read back, not redone."""
     from forgetlab.study import read_study
-    from forgetlab.train.commands import clean_errors
+    from forgetlab.train.commands import clean_errors, parse_overrides
 
     set_threads()
     with clean_errors():
-        cfg = read_study(study, _study_overrides(overrides))
+        cfg = read_study(study, parse_overrides(overrides))
         folder = out or cfg.output or Path("runs") / cfg.name
         if check:
             from forgetlab.study.pipeline import check_inputs
@@ -229,13 +223,13 @@ def demo(
     """The demo: `forgetlab run` of the packaged demo study (configs/demo.yaml) on the embedded benchmark,
     offline. Rerunning resumes: finished stages are read back, not redone."""
     from forgetlab.study import DEMO_STUDY, read_study
-    from forgetlab.train.commands import clean_errors
+    from forgetlab.train.commands import clean_errors, parse_overrides
 
     set_threads()
     given = {"benchmark.people": people, "benchmark.seed": seed, "workers": workers, "log_with": log_with,
              "model.source": "finetune" if retrain_original else None}  # fmt: skip
     with clean_errors():
-        cfg = read_study(DEMO_STUDY, {k: v for k, v in given.items() if v is not None} | _study_overrides(overrides))
+        cfg = read_study(DEMO_STUDY, {k: v for k, v in given.items() if v is not None} | parse_overrides(overrides))
         run_and_print(cfg, out)
 
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoModelForCausalLM, Qwen2Config
 
+from bench_fixtures import tiny_causal_lm
 from forgetlab.data.collate import collate, encode
 from forgetlab.data.schema import Sample
 from forgetlab.importance import fisher_importance
@@ -23,7 +23,7 @@ from forgetlab.models import load as load_module
 from forgetlab.models.groups import module_groups, params_in
 from forgetlab.models.inputs import forward_kwargs
 from forgetlab.models.load import load, load_model
-from forgetlab.models.tiny import build_tiny_model, build_tokenizer, save_model
+from forgetlab.models.tiny import build_tiny_model, save_model
 from forgetlab.probe.capture import capture, encode_probe, layer_names
 from forgetlab.train.masking import mask_from_samples
 from forgetlab.train.unlearn import UnlearnConfig, UnlearnRecipe
@@ -70,14 +70,7 @@ def build(family: str):
     if family in MLLMS:
         model, processor = build_tiny_model(family, TEXTS, image_size=32, seed=0)  # type: ignore[arg-type]
         return model, processor
-    tok = build_tokenizer(TEXTS, "llava")
-    config = Qwen2Config(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=1, max_position_embeddings=256, pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=False,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(config), tok
+    return tiny_causal_lm(TEXTS, max_positions=256)
 
 
 def data(family: str) -> tuple[list[Sample], list[Sample]]:

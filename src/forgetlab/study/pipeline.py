@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -72,8 +73,6 @@ def _load(ref: DataRef) -> BenchmarkData:
 
 def _synth(study: StudyConfig, data: Path, console: Console) -> None:
     """Generate the embedded benchmark into ``data`` unless it already holds the same one."""
-    import json
-
     from forgetlab.data.synth import VERSION, write_benchmark
 
     b = study.benchmark
@@ -205,8 +204,6 @@ def verify_job(out: Path, ref: DataRef, original: Path, name: str, path: Path, s
                baseline: dict) -> dict:  # fmt: skip
     """:func:`~forgetlab.verify.assess.verify_model` of one model; a run's saved answers stand in for the
     unlearned model's evaluation in the relearning attack."""
-    import json
-
     from forgetlab.verify.relearn import halves_from
 
     data = ref.load()

@@ -92,22 +92,15 @@ def unlearn_on(
     progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Unlearn ``data``'s forget set from the model in ``original`` into ``out``; returns ``unlearn.json``."""
-    from forgetlab.models.load import load
-    from forgetlab.train.tracking import require_tracker, tracking_dir, training_eval_sets
-    from forgetlab.train.unlearn import UnlearnRecipe, check_output_dir
+    from forgetlab.train.tracking import training_eval_sets
+    from forgetlab.train.unlearn import unlearn_samples
 
-    check_output_dir(out)
-    require_tracker(config.log_with)
-    eval_sets = None
-    if config.eval_every is not None and data.name == "mllmu":
-        eval_sets = training_eval_sets(data.root, data.forget_percent)
-    model, processor = load(original)
-    recipe = UnlearnRecipe(config, log_dir=tracking_dir(out))
-    recipe.data_root = data.root if data.name == "mllmu" else None  # Full_Set's text questions, for a mask
-    recipe.setup(model, processor, data.forget, data.retain, eval_sets=eval_sets)
-    recipe.train(progress)
+    mllmu = data.name == "mllmu"  # an MLLMU-Bench folder: Full_Set's text questions for a mask, training evals
+    eval_sets = training_eval_sets(data.root, data.forget_percent) if mllmu and config.eval_every else None
     benchmark = {"name": data.name, "path": str(data.root), "forget_percent": data.forget_percent} | data.splits
-    return recipe.save(out, model=str(original), data=str(data.root), benchmark=benchmark)
+    return unlearn_samples(original, data.forget, data.retain, out, config, progress,
+                           data_root=data.root if mllmu else None, eval_sets=eval_sets, data=str(data.root),
+                           benchmark=benchmark)  # fmt: skip
 
 
 def _finished(run: Path, config: UnlearnConfig) -> bool:

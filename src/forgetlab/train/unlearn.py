@@ -92,7 +92,10 @@ from forgetlab.train.tracking import (
 )
 from forgetlab.train.unlearn_config import LoraSettings, UnlearnConfig
 
-__all__ = ["LoraSettings", "UnlearnConfig", "UnlearnDiverged", "UnlearnRecipe", "check_output_dir", "unlearn"]
+__all__ = [
+    "LoraSettings", "UnlearnConfig", "UnlearnDiverged", "UnlearnRecipe", "check_output_dir", "unlearn",
+    "unlearn_samples",
+]  # fmt: skip
 
 
 class UnlearnDiverged(RuntimeError):
@@ -489,6 +492,36 @@ class UnlearnRecipe:
         return summary
 
 
+def unlearn_samples(
+    model_path: Path,
+    forget: Sequence[Sample],
+    retain: Sequence[Sample],
+    out: Path,
+    config: UnlearnConfig,
+    progress: Callable[[str, int, int], None] | None = None,
+    *,
+    data_root: Path | None = None,
+    eval_sets: dict[str, list[Sample]] | None = None,
+    **info: Any,
+) -> dict[str, Any]:
+    """Unlearn ``forget`` (keeping ``retain``) from the model at ``model_path``; write the result to ``out``.
+
+    ``data_root``: the MLLMU-Bench folder, when there is one (a mask's text preserve set may be read from it);
+    ``eval_sets``: questions evaluated during training (``config.eval_every``); ``info``: extra ``unlearn.json``
+    fields. With ``config.log_with="tensorboard"`` the event files end up in ``<out>/tensorboard/``.
+    """
+    check_output_dir(out)
+    require_tracker(config.log_with)
+    if config.mask is not None and not Path(config.mask).is_file():
+        raise FileNotFoundError(f"mask file {config.mask} does not exist")
+    model, processor = load(model_path)
+    recipe = UnlearnRecipe(config, log_dir=tracking_dir(out))
+    recipe.data_root = None if data_root is None else Path(data_root)
+    recipe.setup(model, processor, forget, retain, eval_sets=eval_sets)
+    recipe.train(progress)
+    return recipe.save(out, model=str(model_path), **info)
+
+
 def unlearn(
     model_path: Path,
     data_root: Path,
@@ -496,21 +529,10 @@ def unlearn(
     config: UnlearnConfig,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Unlearn ``forget_<ratio>`` from the model at ``model_path``; write the result to ``out``.
-
-    With ``config.log_with="tensorboard"`` the event files end up in ``<out>/tensorboard/``; with
-    ``config.eval_every`` the questions of :func:`training_eval_sets` are evaluated during training.
-    """
-    check_output_dir(out)
-    require_tracker(config.log_with)
-    if config.mask is not None and not Path(config.mask).is_file():
-        raise FileNotFoundError(f"mask file {config.mask} does not exist")
+    """Unlearn ``forget_<ratio>`` of the MLLMU-Bench folder ``data_root`` (:func:`unlearn_samples`); with
+    ``config.eval_every`` the questions of :func:`training_eval_sets` are evaluated during training."""
     forget = load_training(data_root, forget_split(config.forget_ratio))
     retain = load_training(data_root, retain_split(config.forget_ratio))
     eval_sets = None if config.eval_every is None else training_eval_sets(data_root, config.forget_ratio)
-    model, processor = load(model_path)
-    recipe = UnlearnRecipe(config, log_dir=tracking_dir(out))
-    recipe.data_root = Path(data_root)
-    recipe.setup(model, processor, forget, retain, eval_sets=eval_sets)
-    recipe.train(progress)
-    return recipe.save(out, model=str(model_path), data=str(data_root))
+    return unlearn_samples(model_path, forget, retain, out, config, progress, data_root=data_root,
+                           eval_sets=eval_sets, data=str(data_root))  # fmt: skip

@@ -301,10 +301,9 @@ def _free() -> None:
 
 def evaluate_path(path: Path, data: BenchmarkData, people: Mapping[str, Sequence[str]]) -> Metrics:
     """:func:`evaluate_halves` of the model saved in ``path``."""
-    from forgetlab.models.load import load
+    from forgetlab.models.load import load_for_eval
 
-    model, processor = load(path)
-    model.to(_device())
+    model, processor = load_for_eval(path)
     try:
         return evaluate_halves(model, processor, data, people)
     finally:
