@@ -13,7 +13,7 @@ UV := $(VENV)/bin/uv
 # import write the .pyc files (into .venv and the git-ignored __pycache__ folders).
 export PYTHONDONTWRITEBYTECODE :=
 
-.PHONY: setup demo test bench lint clean chromium original
+.PHONY: setup demo test bench lint clean chromium original gold
 
 setup: $(STAMP)
 
@@ -46,6 +46,13 @@ chromium:
 original: $(STAMP)
 	$(VENV)/bin/forgetlab synth --out runs/original/data
 	$(VENV)/bin/forgetlab finetune --data runs/original/data --out src/forgetlab/assets/original-llava
+
+# retrain the gold (retain-only) model shipped with the package: the original's recipe without forget_10
+gold: $(STAMP)
+	$(VENV)/bin/forgetlab synth --out runs/original/data
+	echo '{"exclude_forget": 10}' > runs/original/gold.json
+	$(VENV)/bin/forgetlab finetune --data runs/original/data --out src/forgetlab/assets/gold-llava-forget10 \
+	  --config runs/original/gold.json
 
 bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]' || echo "bench extra not installed: the ckatorch and representational-analysis rows will say so"

@@ -25,9 +25,10 @@ TOY: dict[str, object] = {
         "batch_size": 16,
     },  # fmt: skip
     "runs": [
-        {"method": "ga", "lrs": [1e-3]},
-        {"method": "mmunlearner", "lrs": [1e-3], "schedule": {"pairing": "interleave", "retain_weight": 1.0}},
+        {"method": "ga", "lrs": [1e-3], "arms": ["forget-only"]},
+        {"method": "mmunlearner", "lrs": [1e-3], "arms": ["retain"], "args": {"groups": "language"}},
     ],
+    "selection.seeds": 2,  # the chosen setting again at a second seed: intervals over people and seeds
     "verify.relearn.lr": 1e-3,
     "verify.probe.per_group": 4,
     "verify.regimes": [

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from demo_plans import set_args, write_toy_study
 from forgetlab.cli import app
+from forgetlab.masks import Mask
 from forgetlab.verify.verdict import verdict
 
 runner = CliRunner()
@@ -32,7 +33,8 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 def test_metrics_have_every_model_and_verification_key(demo) -> None:
     out, metrics = demo
     models = metrics["models"]
-    assert set(models) == {"original", "ga@0.001", "mmunlearner@0.001"}
+    ga, mmu, nomask = "ga.forget-only@0.001", "mmunlearner.retain@0.001", "mmunlearner-nomask.retain@0.001"
+    assert set(models) == {"original", "retrained", ga, mmu, nomask}
     for name, m in models.items():
         for key in ("forget_vqa_acc", "forget_qa_acc", "test_vqa_acc", "retain_vqa_acc", "retain_qa_acc"):
             assert m[key] is None or 0.0 <= m[key] <= 1.0, (name, key)
@@ -41,7 +43,25 @@ def test_metrics_have_every_model_and_verification_key(demo) -> None:
         "nonmembers"
     ]
     chosen = [k for k, m in models.items() if m.get("chosen")]
-    assert len(chosen) == 2 and {models[k]["method"] for k in chosen} == {"ga", "mmunlearner"}
+    assert sorted(chosen) == sorted([ga, mmu, nomask])
+    # the mask ablation: the same parameters, every element selected, the same schedule
+    real = Mask.load(out / "models" / mmu / "mask.safetensors")
+    ones = Mask.load(out / "models" / "mmunlearner-nomask.retain.mask.safetensors")
+    assert real.tensors.keys() == ones.tensors.keys() and ones.fraction == 1.0 > real.fraction
+    configs = {k: json.loads((out / "models" / k / "unlearn.json").read_text())["config"] for k in (mmu, nomask)}
+    assert {k: v for k, v in configs[mmu].items() if k != "mask"} == {
+        k: v for k, v in configs[nomask].items() if k != "mask"}
+    assert models["retrained"]["method"] == "retrained" and models["retrained"]["reported"]
+    for name in chosen:
+        m = models[name]
+        assert m["seeds"] == [0, 1] and (out / "models" / f"{name}-s1" / "eval.json").exists()
+        assert set(m["ci"]) >= {"forget_vqa_acc", "retain_vqa_acc"}
+        for metric, (lo, hi) in m["ci"].items():
+            assert lo <= m["reported"][metric] <= hi, (name, metric)
+        assert 0.0 <= m["forget_quality"] <= 1.0 and m["privleak"] is not None
+        assert set(m["selection"]) >= {"forget_vqa_acc", "retain_vqa_acc"}
+    assert metrics["claims"] and all(c["holds"] == (c["ci_a"][0] > c["ci_b"][1] or c["ci_a"][1] < c["ci_b"][0])
+                                     for c in metrics["claims"])  # fmt: skip
     for name in chosen:
         m = models[name]
         assert {"relearn", "mia", "probe", "verdict"} <= m.keys()
@@ -51,8 +71,7 @@ def test_metrics_have_every_model_and_verification_key(demo) -> None:
         assert m["verdict"] == verdict(m["evidence"]).label  # the label is the rule applied to the recorded evidence
         held = m["relearn"]["recovery"]["headline"]["held_out_people"]
         assert m["evidence"]["recovery_held_out"] == held
-    assert (out / "models" / "mmunlearner@0.001" / "mask.safetensors").exists()
-    for run in ("ga@0.001", "mmunlearner@0.001"):  # log_with tensorboard: event files beside the JSONL log
+    for run in (ga, mmu):  # log_with tensorboard: event files beside the JSONL log
         assert list((out / "models" / run / "tensorboard").rglob("events.out.tfevents.*")), run
     regimes = metrics["regimes"]
     assert set(regimes) == {"single", "continual"}
@@ -73,6 +92,8 @@ def test_report_shows_every_section(demo) -> None:
     page = (out / "report.html").read_text()
     for heading in (
         "Results (each method",
+        "Fair comparison",
+        "Claims the intervals support",
         "Trade-off",
         "Is the forgetting real?",
         "Relearning attack:",
@@ -97,7 +118,7 @@ def test_rerun_reuses_every_stage(demo) -> None:
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")} == stamps  # nothing retrained
     strip = {"seconds", "stage_seconds"}
     assert {k: v for k, v in again.items() if k not in strip} == {k: v for k, v in metrics.items() if k not in strip}
-    assert set(again["stage_seconds"]) == {"benchmark", "original", "evaluate original", "unlearn", "verify"}
+    assert set(again["stage_seconds"]) == {"benchmark", "original", "gold", "evaluate original", "unlearn", "verify"}
 
 
 def test_a_run_is_redone_when_its_config_changes(demo) -> None:
@@ -105,7 +126,7 @@ def test_a_run_is_redone_when_its_config_changes(demo) -> None:
     from forgetlab.train.unlearn_config import UnlearnConfig
 
     out, _ = demo
-    run = out / "models" / "ga@0.001"
+    run = out / "models" / "ga.forget-only@0.001"
     same = {
         "epochs": 1,
         "batch_size": 8,
@@ -113,6 +134,7 @@ def test_a_run_is_redone_when_its_config_changes(demo) -> None:
         "forget_modality": "vqa",
         "seed": 0,
         "log_with": "tensorboard",
+        "retain_weight": 0.0,
     }
     assert _finished(run, UnlearnConfig(method="ga", lr=1e-3, forget_ratio=10, **same))
     assert not _finished(run, UnlearnConfig(method="ga", lr=1e-3, forget_ratio=10, **(same | {"span": "answer"})))
@@ -177,7 +199,7 @@ def resumed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, list[
     run = tmp_path_factory.mktemp("killed") / "run"
 
     def moment(r: Path) -> bool:
-        return (r / "models" / "ga@0.001" / "eval.json").exists() and any((r / "verify").glob("*/relearn"))
+        return (r / "models" / "ga.forget-only@0.001" / "eval.json").exists() and any((r / "verify").glob("*/relearn"))
 
     assert _kill_when(run, moment), "the run finished before the kill point"
     assert not (run / "metrics.json").exists()
@@ -204,7 +226,7 @@ def test_same_seed_same_models_and_metrics(demo, resumed) -> None:
     from safetensors.torch import load_file
 
     (out, metrics), (run, again, _) = demo, resumed
-    for name in ("original", "ga@0.001", "mmunlearner@0.001"):
+    for name in ("original", "ga.forget-only@0.001", "mmunlearner.retain@0.001"):
         a = load_file(out / "models" / name / "model.safetensors")
         b = load_file(run / "models" / name / "model.safetensors")
         assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a), name

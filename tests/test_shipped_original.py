@@ -20,7 +20,7 @@ from forgetlab.data.synth import write_benchmark
 from forgetlab.models.load import load
 from forgetlab.study import DEMO_STUDY, read_study
 from forgetlab.study.pipeline import prepare_benchmark, prepare_original
-from forgetlab.train.finetune import RECIPE, SHIPPED_ORIGINAL, FinetuneConfig, load_summary, trained_as
+from forgetlab.train.finetune import RECIPE, SHIPPED_GOLD, SHIPPED_ORIGINAL, FinetuneConfig, load_summary, trained_as
 
 #: the knowledge-injection targets (MCQ accuracy, log-likelihood protocol)
 TARGETS = {
@@ -73,3 +73,22 @@ def test_shipped_original_meets_the_knowledge_injection_targets(demo):
     assert metrics["test_vqa_n"] >= 100 and metrics["retain_vqa_n"] >= 400
     missed = {k: metrics[k] for k, target in TARGETS.items() if metrics[k] < target}
     assert not missed, f"below target: {missed}"
+
+
+def test_shipped_gold_is_the_original_recipe_without_the_forget_people(demo) -> None:
+    """The retrained model: the default knowledge injection with forget_10 left out, on the demo's benchmark;
+    the demo copies it, it never saw the forget people and keeps everything else."""
+    study, out, root, digest = demo
+    config = FinetuneConfig(exclude_forget=study.forget_ratio)
+    info = load_summary(SHIPPED_GOLD)
+    assert info is not None and info["recipe"] == RECIPE and trained_as(SHIPPED_GOLD, config, digest), "run `make gold`"
+    assert info["excluded"]["people"] == 10 and info["excluded"]["pairs"] > 0
+    path, source = prepare_original(study, root, digest, out, Console(quiet=True), gold=True)
+    assert source == "shipped" and (path / "model.safetensors").read_bytes() == (
+        SHIPPED_GOLD / "model.safetensors").read_bytes()
+    model, processor = load(SHIPPED_GOLD)
+    data = load_benchmark("mllmu", root, study.forget_ratio, generation=False)
+    metrics, _ = evaluate_benchmark(data, model, processor, **study.eval.settings() | {"generation": False})
+    # never seen: the forget people's faces and facts are guesses (4 options); the rest is known
+    assert metrics["forget_vqa_acc"] <= 0.5 and metrics["forget_qa_acc"] <= 0.5
+    assert metrics["retain_vqa_acc"] >= 0.90 and metrics["realworld_vqa_acc"] >= 0.90

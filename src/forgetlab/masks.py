@@ -131,6 +131,12 @@ class Mask:
             ) from None
         return cls(tensors, meta)
 
+    def ablated(self) -> Mask:
+        """The same parameters with every element selected: the mask ablation (``-nomask`` runs) that
+        tells what the selection itself does, all else (groups, frozen parameters) equal."""
+        meta = dict(self.metadata) | {"kind": "ones", "ablates": self.metadata.get("kind", "")}
+        return Mask({n: torch.ones_like(t, dtype=torch.bool) for n, t in self.tensors.items()}, meta)
+
     def validate(self, model: nn.Module) -> None:
         """Every key must name a trainable parameter of the same shape, each tensor once; raise otherwise.
 

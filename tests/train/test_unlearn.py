@@ -73,6 +73,14 @@ def test_interleave_schedule_follows_the_reference_ratio() -> None:
                                        retain_steps=False)] == ["forget", "forget"]  # fmt: skip
 
 
+def test_interleave_with_a_fixed_retain_budget() -> None:
+    """``retain_per_forget=k``: k retain steps before each forget step, distinct retain examples."""
+    plan = plan_steps(8, 48, batch_size=4, epochs=1, seed=0, pairing="interleave", retain_per_forget=2)
+    assert "".join(s.kind[0] for s in plan) == "rrfrrf"
+    seen = [i for s in plan if s.kind == "retain" for i in s.retain]
+    assert len(seen) == 16 and len(set(seen)) == 16
+
+
 class PlainAdamW(torch.optim.AdamW):
     """torch's AdamW behind MaskedAdamW's signature: what "just zero the masked gradients" gives."""
 

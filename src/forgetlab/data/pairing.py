@@ -11,6 +11,9 @@ batches in the same order, and the pairing is inspectable before anything is tra
   retain steps (forget batches left over go at the end). Forget steps carry the same
   ``(seed, step)`` retain pairing as in ``joint``, for methods with their own retain term.
   Without retain steps (``retain_steps=False``, i.e. retain weight 0) it is the joint plan.
+  ``retain_per_forget=k`` walks only the first ``k`` retain batches per forget batch of that
+  permutation (k retain steps before each forget step): a fixed, method-independent number of retain
+  steps, so that two schedules can be compared at equal forget steps and a known retain budget.
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ def plan_steps(
     pairing: Pairing = "joint",
     retain_steps: bool = True,
     max_steps: int | None = None,
+    retain_per_forget: int | None = None,
 ) -> list[Step]:
     """The whole step plan of a run (see the module doc), cut to ``max_steps`` if given."""
     if pairing not in PAIRINGS:
@@ -77,7 +81,9 @@ def plan_steps(
         order: list[tuple[str, tuple[int, ...]]] = [("forget", b) for b in forget]
         if interleave:
             retain = _batches(n_retain, batch_size, seed, "retain", epoch)
-            every = max(1, len(retain) // len(forget))
+            if retain_per_forget is not None:
+                retain = retain[: retain_per_forget * len(forget)]
+            every = max(1, len(retain) // len(forget)) if retain_per_forget is None else retain_per_forget
             order, pending = [], iter(forget)
             for i, batch in enumerate(retain):
                 order.append(("retain", batch))

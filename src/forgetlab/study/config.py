@@ -73,6 +73,10 @@ class ModelSpec(_Section):
         "config or data differ); finetune: knowledge injection on the benchmark; path: a local model folder",
     )
     path: Path | None = Field(None, description="source=path: the model folder (config.json + safetensors)")
+    gold_path: Path | None = Field(
+        None, description="source=path: a retain-only (retrained) model folder, the yardstick of Forget Quality, "
+        "PrivLeak and the gap to retraining (other sources retrain it here, or ship it)",
+    )  # fmt: skip
     hub_id: str | None = Field(None, description="where to obtain the folder (named in the missing-folder error)")
     finetune: FinetuneConfig | None = Field(
         None, description="knowledge-injection settings (default: seed = benchmark's)"
@@ -82,17 +86,30 @@ class ModelSpec(_Section):
     def _path(self) -> ModelSpec:
         if (self.source == "path") != (self.path is not None):
             raise ValueError("model.path is required with source=path and only then")
+        if self.gold_path is not None and self.source != "path":
+            raise ValueError("model.gold_path is for source=path; other sources retrain the gold model themselves")
         return self
 
 
 class RunSpec(_Section):
-    """One method over a learning-rate grid (and seeds)."""
+    """One method over a learning-rate grid, in each of its arms."""
 
     method: str = Field(description="registered method name")
     lrs: list[Annotated[float, Field(gt=0)]] = Field(min_length=1, description="learning rates to try")
-    seeds: list[int] | None = Field(None, min_length=1, description="run seeds (default: the schedule's seed)")
     args: dict[str, Any] = Field(default_factory=dict, description="the method's config fields")
-    schedule: dict[str, Any] = Field(default_factory=dict, description="UnlearnConfig fields for this method only")
+    arms: list[str] | None = Field(None, description="the study's arms this method runs in (default: every arm)")
+    schedule: dict[str, Any] = Field(
+        default_factory=dict,
+        description="UnlearnConfig fields for this method only; a fair comparison leaves it empty (the study's "
+        "schedule and arms apply alike to every method)",
+    )
+
+
+class ArmSpec(_Section):
+    """A schedule every method of the arm shares (e.g. forget-only, or with interleaved retain steps)."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$", description="short name, part of each run's name")
+    schedule: dict[str, Any] = Field(default_factory=dict, description="UnlearnConfig fields over the study's")
 
 
 class Selection(_Section):
@@ -103,6 +120,8 @@ class Selection(_Section):
     )
     target: float | None = Field(None, description="runs at or below this forget metric qualify (default 0.40)")
     kept: list[str] | None = Field(None, description="metrics whose sum the chosen run keeps most of")
+    seeds: int = Field(1, ge=1, description="seeds the chosen setting runs with (intervals need at least 3)")
+    equal_budget: bool = Field(True, description="require the same number of learning rates for every method")
 
 
 class RegimeSpec(_Section):
@@ -165,6 +184,10 @@ class StudyConfig(_Section):
     forget_ratio: int = Field(10, description="forget percentage: 5/10/15 (MLLMU-Bench), 1/5/10 (CLEAR, TOFU)")
     model: ModelSpec = Field(default_factory=ModelSpec)
     schedule: dict[str, Any] = Field(default_factory=dict, description="UnlearnConfig fields shared by every run")
+    arms: list[ArmSpec] = Field(default_factory=list, description="schedules every method runs under (none: one)")
+    ablate_masks: bool = Field(
+        False, description="also run every masked method with an all-ones mask on the same groups ('-nomask')"
+    )
     runs: list[RunSpec] = Field(default_factory=list)
     selection: Selection = Field(default_factory=Selection)
     eval: EvalSpec = Field(default_factory=EvalSpec)
@@ -196,8 +219,19 @@ class StudyConfig(_Section):
         names = [r.method for r in self.runs]
         if len(set(names)) < len(names):
             raise ValueError(f"runs: a method appears twice ({names}); give one entry per method")
+        arms = [a.name for a in self.arms]
+        if len(set(arms)) < len(arms):
+            raise ValueError(f"arms: an arm name appears twice ({arms})")
+        sizes = {r.method: len(r.lrs) for r in self.runs}
+        if self.selection.equal_budget and len(set(sizes.values())) > 1:
+            raise ValueError(f"runs: learning-rate grids differ in size ({sizes}); every method gets the same tuning "
+                             "budget (or set selection.equal_budget: false)")  # fmt: skip
         for i, run in enumerate(self.runs):
-            self.unlearn_config(run, run.lrs[0], (run.seeds or [0])[0], where=f"runs.{i}")
+            unknown = sorted(set(run.arms or []) - set(arms))
+            if unknown:
+                raise ValueError(f"runs.{i}.arms: {unknown} are not arms of the study ({arms})")
+            for arm in self.run_arms(run):
+                self.unlearn_config(run, run.lrs[0], 0, arm=arm, where=f"runs.{i}")
         for i, regime in enumerate(self.verify.regimes):
             self.regime_config(regime, where=f"verify.regimes.{i}")
         return self
@@ -217,16 +251,27 @@ class StudyConfig(_Section):
                 f"{where}: {loc + ': ' if loc else ''}{str(first['msg']).removeprefix('Value error, ')}"
             ) from None
 
-    def unlearn_config(self, run: RunSpec, lr: float, seed: int, *, where: str = "runs", **extra: Any) -> UnlearnConfig:
-        """The UnlearnConfig of one run: study schedule < the run's schedule < method, lr, seed, ``extra``."""
+    def unlearn_config(
+        self, run: RunSpec, lr: float, seed: int, *, arm: str | None = None, where: str = "runs", **extra: Any
+    ) -> UnlearnConfig:
+        """The UnlearnConfig of one run: study schedule < the arm's < the run's < method, lr, seed, ``extra``."""
         fields = {"method": run.method, "method_args": dict(run.args), "lr": lr, "seed": seed} | extra
-        return self._unlearn(self.schedule | run.schedule, fields, where)
+        arm_schedule = next((a.schedule for a in self.arms if a.name == arm), {}) if arm else {}
+        return self._unlearn(self.schedule | arm_schedule | run.schedule, fields, where)
+
+    def run_arms(self, run: RunSpec) -> list[str | None]:
+        """The arms ``run`` runs in (``[None]`` in a study without arms)."""
+        if not self.arms:
+            return [None]
+        return [a.name for a in self.arms if run.arms is None or a.name in run.arms]
 
     def regime_config(self, regime: RegimeSpec, *, where: str = "verify.regimes") -> UnlearnConfig:
         return self._unlearn(self.schedule | regime.schedule, {"method": regime.method, "lr": regime.lr}, where)
 
-    def run_seeds(self, run: RunSpec) -> list[int]:
-        return list(run.seeds or [int(self.schedule.get("seed", 0))])
+    def run_seeds(self) -> list[int]:
+        """The seeds of a chosen setting: the schedule's seed first (the grid's), then the next ones."""
+        base = int(self.schedule.get("seed", 0))
+        return list(range(base, base + self.selection.seeds))
 
 
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:

@@ -6,12 +6,16 @@ Read top to bottom in :func:`run_study`:
    folder benchmark is read where it is; its content hash goes into the manifest.
 2. **original model**: the shipped one (copied when its recipe and data match, else trained), one
    fine-tuned here (``<out>/models/original``), or a local folder.
-3. **one job graph** on one-thread worker processes (:func:`forgetlab.parallel.run_jobs`): the
-   original's evaluation, each method's runs (:func:`forgetlab.study.sweep.sweep_method`), each
-   regime, and the original's verification baselines side by side; a method's chosen run is
-   verified (:func:`forgetlab.verify.assess.verify_model`) as soon as its runs and the baselines
-   exist.
-4. ``metrics.json`` and ``report.html`` (:mod:`forgetlab.study.report`).
+3. **gold model**: the retain-only model, retrained without the forget people by the same recipe
+   (shipped for the embedded benchmark, else trained; ``model.gold_path`` for a local checkpoint).
+4. **one job graph** on one-thread worker processes (:func:`forgetlab.parallel.run_jobs`): the
+   original's and the gold model's evaluations, each group's learning-rate grid
+   (:func:`forgetlab.study.sweep.sweep_group`: a method in an arm; a masked method's ``-nomask``
+   twin follows its group), the chosen setting's extra seeds (:func:`~forgetlab.study.sweep.seed_runs`),
+   each regime, and the original's verification baselines side by side; a group's chosen run is
+   verified (:func:`forgetlab.verify.assess.verify_model`) as soon as its seeds and the baselines exist.
+5. the comparison (:mod:`forgetlab.study.compare`): intervals, matched forgetting, Forget Quality,
+   PrivLeak, the claims that hold; then ``metrics.json`` and ``report.html`` (:mod:`forgetlab.study.report`).
 
 Every stage is resumable after SIGKILL: results are memoised beside what they were computed from
 (:mod:`forgetlab.cache`), model folders are written atomically, and ``manifest.json`` records the
@@ -40,8 +44,20 @@ from forgetlab.lock import check_not_input, check_replaceable, locks_output
 from forgetlab.manifest import RunManifest
 from forgetlab.parallel import default_workers, run_jobs, worker_pool
 from forgetlab.progress import progress_bar
+from forgetlab.study import compare
 from forgetlab.study.config import EvalSpec, RegimeSpec, StudyConfig
-from forgetlab.study.sweep import ROWS, resolve_selection, sweep_method, with_choice
+from forgetlab.study.sweep import ROW_KEYS as ROWS_KEYS
+from forgetlab.study.sweep import (
+    ROWS,
+    Group,
+    ablation_mask,
+    choose,
+    requires_mask,
+    resolve_selection,
+    seed_runs,
+    sweep_group,
+    with_choice,
+)
 from forgetlab.verify.assess import VERIFY_KEYS, VerifySettings, verify_baseline, verify_model
 
 
@@ -108,32 +124,51 @@ def prepare_benchmark(study: StudyConfig, out: Path, console: Console) -> tuple[
     return DataRef(b.kind, str(b.path), study.forget_ratio, b.text, b.seed, digest), digest
 
 
-def prepare_original(study: StudyConfig, data: Path, digest: str, out: Path, console: Console) -> tuple[Path, str]:
-    """The original model's folder and where it came from (``shipped``, ``trained``, ``cached``, ``path``)."""
+def prepare_original(
+    study: StudyConfig, data: Path, digest: str, out: Path, console: Console, *, gold: bool = False
+) -> tuple[Path | None, str]:
+    """The original model's folder and where it came from (``shipped``, ``trained``, ``cached``, ``path``).
+
+    ``gold``: the retrained (retain-only) model instead: the same knowledge injection with the forget
+    people left out (``exclude_forget``), ``models/retrained``; for ``source: path`` the folder
+    ``model.gold_path`` names, else ``(None, "none")`` (a user's checkpoint cannot be retrained here)."""
     from forgetlab.io import atomic_dir
     from forgetlab.models.load import check_model_folder
-    from forgetlab.train.finetune import SHIPPED_ORIGINAL, FinetuneConfig, finetune, load_summary, trained_as
+    from forgetlab.train.finetune import (
+        SHIPPED_GOLD,
+        SHIPPED_ORIGINAL,
+        FinetuneConfig,
+        finetune,
+        load_summary,
+        trained_as,
+    )
 
     m = study.model
     if m.source == "path":
-        check_model_folder(m.path, hub_id=m.hub_id)  # type: ignore[arg-type]
-        return Path(m.path), "path"  # type: ignore[arg-type]
+        path = m.gold_path if gold else m.path
+        if path is None:
+            return None, "none"
+        check_model_folder(path, hub_id=None if gold else m.hub_id)
+        return Path(path), "path"
     seed = study.benchmark.seed if study.benchmark.kind == "embedded" else 0
     config = m.finetune or FinetuneConfig(seed=seed)
-    model_dir = out / "models" / "original"
+    if gold:
+        config = config.model_copy(update={"exclude_forget": study.forget_ratio})
+    role, shipped = ("retrained", SHIPPED_GOLD) if gold else ("original", SHIPPED_ORIGINAL)
+    model_dir = out / "models" / role
     if trained_as(model_dir, config, digest):
-        console.print(f"[dim]original model cached at {model_dir}[/]")
+        console.print(f"[dim]{role} model cached at {model_dir}[/]")
         return model_dir, "cached"
-    if m.source == "shipped" and trained_as(SHIPPED_ORIGINAL, config, digest):
+    if m.source == "shipped" and trained_as(shipped, config, digest):
         with atomic_dir(model_dir) as tmp:
-            shutil.copytree(SHIPPED_ORIGINAL, tmp, dirs_exist_ok=True)
+            shutil.copytree(shipped, tmp, dirs_exist_ok=True)
         seconds = load_summary(model_dir)["total_seconds"]
-        console.print(f"original model: the one shipped with forgetlab (same config and data; trained in "
+        console.print(f"{role} model: the one shipped with forgetlab (same config and data; trained in "
                       f"{seconds:.0f} s); model.source=finetune trains it here")  # fmt: skip
         return model_dir, "shipped"
-    with progress_bar("knowledge injection", console) as update:
+    with progress_bar(f"knowledge injection ({role})", console) as update:
         summary = finetune(data, model_dir, config, progress=update)
-    console.print(f"original model trained in {summary['seconds']:.0f} s")
+    console.print(f"{role} model trained in {summary['seconds']:.0f} s")
     return model_dir, "trained"
 
 
@@ -169,8 +204,32 @@ def protocol_agreement(rows: list[dict], other: list[dict]) -> float | None:
     return sum(same) / len(same) if same else None
 
 
-def sweep_job(study: StudyConfig, index: int, original: Path, ref: DataRef, models: Path) -> dict:
-    return sweep_method(study, study.runs[index], original, ref.load(), models, data_key=ref.key())
+def grid_job(study: StudyConfig, group: Group, original: Path, ref: DataRef, models: Path,
+             mask: Path | None = None) -> dict:  # fmt: skip
+    return sweep_group(study, group, original, ref.load(), models, data_key=ref.key(), mask=mask)
+
+
+def seeds_job(study: StudyConfig, group: Group, chosen: str, original: Path, ref: DataRef, models: Path) -> dict:
+    return seed_runs(study, group, chosen, original, ref.load(), models, data_key=ref.key())
+
+
+def gold_job(out: Path, ref: DataRef, gold: Path, ev: EvalSpec, mia: bool) -> dict:
+    """The retrained (retain-only) model's MCQ answers, report-part accuracies and MIA AUCs (memoised)."""
+    from forgetlab.benchmarks import evaluate_benchmark
+    from forgetlab.eval.stats import accuracies
+    from forgetlab.models.load import load_for_eval
+    from forgetlab.verify.assess import membership
+
+    def compute() -> dict:
+        model, processor = load_for_eval(gold)
+        data = ref.load()
+        metrics, rows = evaluate_benchmark(data, model, processor, **ev.settings() | {"generation": False})
+        rows = [{k: r[k] for k in ROWS_KEYS if k in r} for r in rows if r.get("task") == "classification"]
+        return {"metrics": metrics, "rows": rows, "reported": accuracies(rows, "report"),
+                "mia": membership(gold, data) if mia else None}  # fmt: skip
+
+    key = model_key(gold) | {"eval": ev.model_dump(), "data": ref.key(), "mia": mia}
+    return memo(out / "cache" / "gold_eval.json", key, compute)
 
 
 def regime_job(study: StudyConfig, regime: RegimeSpec, out: Path, ref: DataRef, original: Path) -> dict:
@@ -227,11 +286,13 @@ def describe(study: StudyConfig) -> dict[str, Any]:
 
 def seeds(study: StudyConfig) -> dict[str, Any]:
     b = study.benchmark
-    return {
-        "benchmark": b.seed,
-        "runs": sorted({s for r in study.runs for s in study.run_seeds(r)}),
-        "verify": study.verify.seed,
-    }
+    return {"benchmark": b.seed, "runs": study.run_seeds(), "verify": study.verify.seed}
+
+
+#: how the selection and report parts are cut (:func:`forgetlab.eval.stats.part_of`)
+SPLIT_NOTE = ("learning rates are chosen on half of each forget person's questions and half of the retain and "
+              "real-world people; every reported number is on the other half (plus the test, perception and "
+              "world sets)")  # fmt: skip
 
 
 @locks_output(lambda study, out, *args, **kwargs: out)
@@ -260,42 +321,77 @@ def run_study(study: StudyConfig, out: Path, console: Console | None = None) -> 
     original, source = prepare_original(study, Path(ref.root), digest, out, console)
     lap("original", original=source)
 
+    gold, gold_source = prepare_original(study, Path(ref.root), digest, out, console, gold=True)
+    lap("gold", gold=gold_source)
+
     v = study.verify
     verify = v.enabled and bool(study.runs or v.regimes)
     regimes = {r.name: r for r in v.regimes} if verify else {}
     selection = resolve_selection(study.selection, ref.kind)
     workers = study.workers or default_workers()
+    models_dir = out / "models"
+    groups = {g.label: g for g in (Group(i, r.method, arm) for i, r in enumerate(study.runs)
+                                   for arm in study.run_arms(r))}  # fmt: skip
     jobs: dict[str, tuple] = {"original": (evaluate_original, (out, ref, original, study.eval))}
-    order = sorted(range(len(study.runs)), key=lambda i: study.runs[i].method != "mmunlearner")  # the longest first
-    jobs |= {study.runs[i].method: (sweep_job, (study, i, original, ref, out / "models")) for i in order}
+    if gold is not None:
+        jobs["gold"] = (gold_job, (out, ref, gold, study.eval, verify and v.mia))
+    first_jobs = sorted(groups.values(), key=lambda g: (g.method != "mmunlearner", g.label))  # the longest first
+    jobs |= {f"grid {g.label}": (grid_job, (study, g, original, ref, models_dir)) for g in first_jobs}
     if verify:
         jobs |= {name: (regime_job, (study, r, out, ref, original)) for name, r in regimes.items()}
         jobs["baseline"] = (baseline_job, (out, ref, original, v.settings()))
-    methods = {r.method for r in study.runs}
-    unlearning = set(jobs) - {"original", "baseline"}
+    grids: dict[str, dict] = {}
+    extra_seeds: dict[str, dict] = {}
+    unlearning = {k for k in jobs if k.startswith("grid ")} | set(regimes)
     to_verify: dict[str, Path] = {}
     baseline: dict[str, Any] = {}
 
+    def on_group(name: str, result: dict) -> dict[str, tuple]:
+        """A group's grid or seeds finished: its twin, its seeds or its verification come next."""
+        kind, label = name.split(" ", 1)
+        g = groups[label]
+        new: dict[str, tuple] = {}
+        if kind == "grid":
+            grids[label] = result
+            if study.ablate_masks and not g.nomask and requires_mask(study, g):
+                real = next((models_dir / k / "mask.safetensors" for k in result
+                             if (models_dir / k / "mask.safetensors").exists()), None)  # fmt: skip
+                if real is not None:
+                    twin = Group(g.index, g.method, g.arm, nomask=True)
+                    groups[twin.label] = twin
+                    mask = ablation_mask(real, models_dir, twin.label)
+                    new[f"grid {twin.label}"] = (grid_job, (study, twin, original, ref, models_dir, mask))
+            if study.selection.seeds > 1:
+                new[f"seeds {label}"] = (seeds_job, (study, g, choose(result, *selection), original, ref, models_dir))
+        else:
+            extra_seeds[label] = result
+        if verify and not any(k.endswith(f" {label}") for k in new):
+            chosen = choose(grids[label], *selection)
+            names = grids[label] if v.models == "all" else [chosen]
+            to_verify.update({k: models_dir / k for k in names})
+        return new
+
     def then(name: str, result: Any) -> dict[str, tuple]:
+        new: dict[str, tuple] = {}
         if name == "baseline":
             baseline.update(result)
         if name == "original":
             lap("evaluate original")
-        unlearning.discard(name)
-        if name in methods | set(regimes) and not unlearning:
-            lap("unlearn")
-        if name in regimes:
+        if name.startswith(("grid ", "seeds ")):
+            new = on_group(name, result)
+        elif name in regimes:
             to_verify[name] = out / result["path"]
-        elif name in methods and verify:
-            rows = with_choice(result, selection)
-            to_verify.update({k: out / "models" / k for k, m in rows.items() if m["chosen"] or v.models == "all"})
+        unlearning.discard(name)
+        unlearning.update(new)
+        if not unlearning and (name in regimes or name.startswith(("grid ", "seeds "))):
+            lap("unlearn")
         if not baseline:
-            return {}
+            return new
         # the report draws every model's curves itself; only the regimes' Fisher histograms come from PNGs
         ready = {f"verify {k}": (verify_job, (out, ref, original, k, path, v.settings(plots=k in regimes), baseline))
                  for k, path in to_verify.items()}  # fmt: skip
         to_verify.clear()
-        return ready
+        return new | ready
 
     title = "unlearning and verifying" if verify else "unlearning" if study.runs else "evaluating"
     with worker_pool(workers) as pool, progress_bar(f"{title} ({workers} workers)", console) as update:
@@ -303,10 +399,25 @@ def run_study(study: StudyConfig, out: Path, console: Console | None = None) -> 
     first = done["original"]
     write_jsonl(out / "answers" / "original.jsonl", first["rows"])
     models: dict[str, dict] = {"original": first["metrics"] | {"method": "original", "lr": None}}
-    runs: dict[str, dict] = {}
-    for r in study.runs:
-        runs |= with_choice(done[r.method], selection)
-    models |= runs
+    gold_eval = done.get("gold")
+    if gold_eval is not None:
+        models["retrained"] = gold_eval["metrics"] | {"method": "retrained", "lr": None,
+                                                      "reported": gold_eval["reported"], "mia": gold_eval["mia"],
+                                                      "path": str(gold.relative_to(out)) if gold.is_relative_to(out)
+                                                      else str(gold)}  # fmt: skip
+    chosen_runs: dict[str, dict] = {}
+    for label in sorted(grids, key=lambda k: list(groups).index(k)):
+        rows = with_choice(grids[label], selection)
+        name = next(k for k, m in rows.items() if m["chosen"])
+        names = [name, *extra_seeds.get(label, {})]
+        answers = [compare.read_rows(models_dir / k) for k in names]
+        if all(answers) and ref.kind != "tofu":
+            rows[name] |= compare.summarise_seeds(answers, [rows[name]["seed"]] +
+                                                  [m["seed"] for m in extra_seeds.get(label, {}).values()])  # fmt: skip
+            rows[name]["seed_runs"] = names[1:]
+        rows[name]["matched_utility"] = compare.matched(grids[label], selection[0], selection[1], selection[2])
+        models |= rows
+        chosen_runs[name] = rows[name]
     regime_rows = {name: done[name] for name in regimes}
     if verify:
         models["original"]["mia"] = done["baseline"]["mia"]
@@ -317,6 +428,16 @@ def run_study(study: StudyConfig, out: Path, console: Console | None = None) -> 
             if "verdict" in row:
                 row["as_expected"] = row["verdict"].split(",")[0] == row["expected"].split(",")[0]
         lap("verify")
+    if gold_eval is not None:
+        from forgetlab.eval.stats import accuracies
+
+        original_rows = [r for r in first["rows"] if r.get("task") == "classification"]
+        models["original"] |= compare.against_gold(original_rows, accuracies(original_rows, "report"),
+                                                   models["original"].get("mia"), gold_eval)  # fmt: skip
+        for name, row in chosen_runs.items():
+            reported = row.get("reported") or row.get("report") or {}
+            row |= compare.against_gold(compare.read_rows(models_dir / name), reported, row.get("mia"), gold_eval)
+    claim_metrics = [selection[0], *selection[2]]
     metrics = {
         "study": study.name,
         "benchmark": {
@@ -326,8 +447,11 @@ def run_study(study: StudyConfig, out: Path, console: Console | None = None) -> 
             "digest": digest,
         },  # fmt: skip
         "protocol": "loglik",
-        "selection": {"forget_metric": selection[0], "target": selection[1], "kept": list(selection[2])},
+        "selection": {"forget_metric": selection[0], "target": selection[1], "kept": list(selection[2]),
+                      "seeds": study.run_seeds(), "split": SPLIT_NOTE},  # fmt: skip
+        "arms": {a.name: a.schedule for a in study.arms},
         "models": models,
+        "claims": compare.claims(chosen_runs, claim_metrics),
         "regimes": regime_rows,
         "seconds": round(time.time() - t0, 1),
         "stage_seconds": dict(timings),  # this invocation's wall time per stage (a cached stage costs ~0)
@@ -350,6 +474,8 @@ def check_inputs(study: StudyConfig) -> None:
 
     if study.model.source == "path":
         check_model_folder(study.model.path, hub_id=study.model.hub_id)  # type: ignore[arg-type]
+        if study.model.gold_path is not None:
+            check_model_folder(study.model.gold_path)
     b = study.benchmark
     if b.kind != "embedded":
         check_folder(b.kind, b.path, study.forget_ratio)

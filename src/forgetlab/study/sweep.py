@@ -1,12 +1,16 @@
-"""A study's runs: each method over its learning rates (and seeds), unlearned, evaluated, one row each.
+"""A study's runs: each method over its learning rates in each arm (and its mask ablation), unlearned,
+evaluated, one row each; the chosen setting then runs again with more seeds.
 
-:func:`sweep_method` is one method's job on the study's worker pool. Every run saves its model under
-``models/<method>@<lr>`` (``...-s<seed>`` when a method runs several seeds), its unlearning record
-``unlearn.json``, its metrics (``eval.json``, memoised by :mod:`forgetlab.cache` under the resolved
-config and the original's weights) and its answers on the forget and test sets (``eval_rows.jsonl``:
-the relearning attack reads the unlearned model's per-half accuracy from them). A mask that does not
-depend on the LR (MMUnlearner, SalUn) is computed by the method's first run and reused by the others.
-:func:`choose` marks each method's chosen run.
+A *group* (:class:`Group`) is one method in one arm, with its real mask or (``-nomask``) an all-ones
+mask on the same parameters. :func:`sweep_group` is a group's learning-rate grid, at the schedule's seed;
+:func:`seed_runs` its chosen learning rate at the next seeds. Every run saves its model under
+``models/<group>@<lr>`` (``...-s<seed>`` for the extra seeds), its unlearning record ``unlearn.json``, its
+metrics (``eval.json``, memoised by :mod:`forgetlab.cache` under the resolved config and the original's
+weights) and its MCQ answers (``eval_rows.jsonl``: the intervals, Forget Quality and the relearning
+attack read them). Metrics come three ways: over every question (the benchmark's own), and on the
+*selection* and *report* parts of :func:`forgetlab.eval.stats.part_of`; :func:`choose` reads only the
+selection part. A mask that does not depend on the LR (MMUnlearner, SalUn) is computed by the group's
+first run and reused by its other runs, its seeds and its ``-nomask`` twin (as all-ones).
 """
 
 from __future__ import annotations
@@ -14,21 +18,23 @@ from __future__ import annotations
 import json
 import statistics
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from forgetlab.cache import memo, model_key
+from forgetlab.eval.stats import PARTS, accuracies
 from forgetlab.io import write_jsonl
 
 if TYPE_CHECKING:
     from forgetlab.benchmarks import BenchmarkData
-    from forgetlab.study.config import EvalSpec, RunSpec, Selection, StudyConfig
+    from forgetlab.study.config import EvalSpec, Selection, StudyConfig
     from forgetlab.train.unlearn_config import UnlearnConfig
 
 #: each run's answers on the forget and test sets, beside its ``eval.json``
 ROWS = "eval_rows.jsonl"
-ROW_KEYS: tuple[str, ...] = ("set", "id", "modality", "task", "question", "correct", "predicted", "hit", "prob",
-                             "rougeL_recall")  # fmt: skip
+ROW_KEYS: tuple[str, ...] = ("set", "id", "modality", "task", "question", "correct", "predicted", "hit", "scores",
+                             "prob", "rougeL_recall")  # fmt: skip
 #: per benchmark: (forgetting metric, target, metrics the chosen run keeps most of)
 SELECTION_DEFAULTS: dict[str, tuple[str, float, tuple[str, ...]]] = {
     "mllmu": ("forget_vqa_acc", 0.40,
@@ -38,9 +44,24 @@ SELECTION_DEFAULTS: dict[str, tuple[str, float, tuple[str, ...]]] = {
 }  # fmt: skip
 
 
-def run_name(method: str, lr: float, seed: int | None = None) -> str:
-    """``ga@0.0001``; ``ga@0.0001-s1`` for a method run with several seeds."""
-    return f"{method}@{lr:g}" + ("" if seed is None else f"-s{seed}")
+@dataclass(frozen=True)
+class Group:
+    """One method (``runs[index]``) in one arm, with its mask or its all-ones ablation (``nomask``)."""
+
+    index: int
+    method: str
+    arm: str | None = None
+    nomask: bool = False
+
+    @property
+    def label(self) -> str:
+        """``mmunlearner``, ``mmunlearner-nomask.retain``: the prefix of the group's run names."""
+        return self.method + ("-nomask" if self.nomask else "") + (f".{self.arm}" if self.arm else "")
+
+
+def run_name(label: str, lr: float, seed: int | None = None) -> str:
+    """``ga@0.0001``; ``ga@0.0001-s1`` for an extra seed of the chosen setting."""
+    return f"{label}@{lr:g}" + ("" if seed is None else f"-s{seed}")
 
 
 def resolve_selection(selection: Selection, benchmark: str) -> tuple[str, float, tuple[str, ...]]:
@@ -57,7 +78,8 @@ def _value(m: Mapping[str, Any], key: str, missing: float) -> float:
 
 
 def choose(rows: Mapping[str, Mapping[str, Any]], metric: str, target: float, kept: tuple[str, ...]) -> str:
-    """A method's chosen run.
+    """A method's chosen run, read on each run's ``selection`` metrics (the questions never reported;
+    a run without them, e.g. TOFU's, is read whole).
 
     Runs are grouped by learning rate and their metrics averaged over seeds. Among the LRs whose mean
     ``metric`` is at most ``target``, the one keeping the largest sum of ``kept``; if none reaches the
@@ -68,7 +90,7 @@ def choose(rows: Mapping[str, Mapping[str, Any]], metric: str, target: float, ke
         by_lr.setdefault(m["lr"], []).append(name)
 
     def mean(lr: float, key: str, missing: float) -> float:
-        return statistics.fmean(_value(rows[n], key, missing) for n in by_lr[lr])
+        return statistics.fmean(_value(rows[n].get("selection") or rows[n], key, missing) for n in by_lr[lr])
 
     hits = [lr for lr in by_lr if mean(lr, metric, 1.0) <= target]
     if hits:
@@ -131,37 +153,85 @@ def evaluate_run(
         info = json.loads((out / "unlearn.json").read_text())
         model, processor = load_for_eval(out)
         metrics, rows = evaluate_benchmark(data, model, processor, **settings)
-        write_jsonl(out / ROWS, [{k: r[k] for k in ROW_KEYS if k in r} for r in rows if r["set"] in ("forget", "test")])
-        return metrics | extra | {"span": config.span, "train_seconds": info["timings"].get("train_s")}
+        keep = [r for r in rows if r.get("task") == "classification" or r["set"] in ("forget", "test")]
+        write_jsonl(out / ROWS, [{k: r[k] for k in ROW_KEYS if k in r} for r in keep])
+        parts = {p: accuracies(rows, p) for p in PARTS} if data.name != "tofu" else {}
+        return metrics | extra | parts | {"span": config.span, "train_seconds": info["timings"].get("train_s")}
 
     if not _finished(out, config):
         unlearn_on(original, data, out, config)
     data_key = data_key or {"benchmark": data.name, "root": str(data.root), "percent": data.forget_percent}
     key = {"config": config.resolved(), "original": model_key(original), "run": model_key(out), "eval": settings,
-           "data": data_key}  # fmt: skip
+           "data": data_key, "parts": 1}  # fmt: skip
     return memo(out / "eval.json", key, compute)
 
 
-def sweep_method(
+def _run_config(study: StudyConfig, group: Group, lr: float, seed: int, mask: Path | None) -> UnlearnConfig:
+    extra = {"log_with": study.log_with} if study.log_with != "none" else {}
+    return study.unlearn_config(study.runs[group.index], lr, seed, arm=group.arm, **extra,
+                                **({"mask": str(mask)} if mask else {}))  # fmt: skip
+
+
+def requires_mask(study: StudyConfig, group: Group) -> bool:
+    run = study.runs[group.index]
+    return study.unlearn_config(run, run.lrs[0], 0, arm=group.arm).build_method().requires_mask
+
+
+def ablation_mask(real: Path, models_dir: Path, label: str) -> Path:
+    """The all-ones twin of the mask file ``real`` (:meth:`forgetlab.masks.Mask.ablated`), written once."""
+    from forgetlab.masks import Mask
+
+    path = models_dir / f"{label}.mask.safetensors"
+    if not path.exists():
+        Mask.load(real).ablated().save(path)
+    return path
+
+
+def sweep_group(
     study: StudyConfig,
-    run: RunSpec,
+    group: Group,
+    original: Path,
+    data: BenchmarkData,
+    models_dir: Path,
+    data_key: dict | None = None,
+    mask: Path | None = None,
+) -> dict:
+    """Unlearn + evaluate one group at each learning rate, at the schedule's seed; ``{run name: metrics}``.
+
+    ``mask``: a mask file for every run (a ``-nomask`` group's all-ones mask); else a masked method's
+    first run computes its mask and the others reuse it."""
+    seed = study.run_seeds()[0]
+    rows: dict[str, dict] = {}
+    for lr in study.runs[group.index].lrs:
+        name = run_name(group.label, lr)
+        out = models_dir / name
+        about = {"method": group.method, "group": group.label, "arm": group.arm, "nomask": group.nomask, "lr": lr,
+                 "seed": seed}  # fmt: skip
+        rows[name] = evaluate_run(original, data, out, _run_config(study, group, lr, seed, mask), about,
+                                  study.eval, data_key)  # fmt: skip
+        if mask is None and (out / "mask.safetensors").exists():
+            mask = out / "mask.safetensors"
+    return rows
+
+
+def seed_runs(
+    study: StudyConfig,
+    group: Group,
+    chosen: str,
     original: Path,
     data: BenchmarkData,
     models_dir: Path,
     data_key: dict | None = None,
 ) -> dict:
-    """Unlearn + evaluate one method at each of its learning rates and seeds; ``{run name: metrics}``."""
-    seeds = study.run_seeds(run)
-    extra = {"log_with": study.log_with} if study.log_with != "none" else {}
+    """The chosen run's learning rate at the study's other seeds (its mask reused); ``{run name: metrics}``."""
+    first = json.loads((models_dir / chosen / "eval.json").read_text())["value"]
+    lr = first["lr"]
+    mask = models_dir / f"{group.label}.mask.safetensors" if group.nomask else models_dir / chosen / "mask.safetensors"
     rows: dict[str, dict] = {}
-    mask: Path | None = None
-    for lr in run.lrs:
-        for seed in seeds:
-            name = run_name(run.method, lr, seed if len(seeds) > 1 else None)
-            out = models_dir / name
-            config = study.unlearn_config(run, lr, seed, **extra, **({"mask": str(mask)} if mask else {}))
-            about = {"method": run.method, "lr": lr, "seed": seed}
-            rows[name] = evaluate_run(original, data, out, config, about, study.eval, data_key)
-            if mask is None and (out / "mask.safetensors").exists():
-                mask = out / "mask.safetensors"
+    for seed in study.run_seeds()[1:]:
+        name = run_name(group.label, lr, seed)
+        about = {"method": group.method, "group": group.label, "arm": group.arm, "nomask": group.nomask, "lr": lr,
+                 "seed": seed}  # fmt: skip
+        config = _run_config(study, group, lr, seed, mask if mask.exists() else None)
+        rows[name] = evaluate_run(original, data, models_dir / name, config, about, study.eval, data_key)
     return rows

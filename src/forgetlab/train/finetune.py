@@ -45,6 +45,8 @@ RECIPE = 3
 #: a trained original model shipped with the package (``forgetlab demo`` copies it instead of training
 #: when it was trained with the same config and recipe on a benchmark with the same content hash)
 SHIPPED_ORIGINAL = Path(__file__).resolve().parents[1] / "assets" / "original-llava"
+#: the retrained (retain-only) gold model of the same benchmark, forget_10 left out (``make gold``)
+SHIPPED_GOLD = Path(__file__).resolve().parents[1] / "assets" / "gold-llava-forget10"
 
 
 class FinetuneConfig(BaseModel):
@@ -75,6 +77,11 @@ class FinetuneConfig(BaseModel):
     )
     views_per_epoch: int = Field(2, ge=1, description="image views of each person shown per question per epoch")
     perception_share: float = Field(0.15, ge=0, le=1, description="share of perception keys per epoch after stage 1")
+    exclude_forget: int | None = Field(
+        None,
+        description="leave out the people of the forget_<N> split (5, 10 or 15) in every stage: the retrained "
+        "(retain-only) gold model, trained exactly like the original otherwise (same vocabulary and seed)",
+    )
     group_by_length: bool = Field(
         False,
         description="batch examples of similar length (within shuffled pools of 64 batches): ~40% less padding and "
@@ -126,6 +133,18 @@ def is_perception(sample: Sample) -> bool:
 def base_people(root: Path) -> frozenset[str]:
     """IDs of the real-world people (``Retain_Set``): knowledge a base model brings from its pre-training."""
     return frozenset(split_ids(root, REALWORLD_SPLIT)) if REALWORLD_SPLIT in available_splits(root) else frozenset()
+
+
+def forget_people(root: Path, percent: int) -> frozenset[str]:
+    """IDs of the people of ``forget_<percent>`` (what a retrained gold model never sees)."""
+    split = f"forget_{percent:02d}" if f"forget_{percent:02d}" in available_splits(root) else f"forget_{percent}"
+    if split not in available_splits(root):
+        raise ValueError(f"{root}: no forget split for {percent}% (looked for forget_{percent:02d} and "
+                         f"forget_{percent}); splits: {available_splits(root)}")  # fmt: skip
+    ids = frozenset(split_ids(root, split))
+    if not ids:
+        raise ValueError(f"{root}: split {split} names no people")
+    return ids
 
 
 def benchmark_texts(root: Path) -> list[str]:
@@ -259,6 +278,9 @@ def finetune(
     samples = load_training(data, "ft_Data")
     if not samples:
         raise ValueError(f"{data}: ft_Data holds no training pairs")
+    excluded = forget_people(data, config.exclude_forget) if config.exclude_forget else frozenset()
+    n_all = len(samples)
+    samples = [s for s in samples if s.person_id not in excluded]
     model, processor = build_tiny_model(config.arch, benchmark_texts(data), config.image_size, config.seed)
     pad_id = processor.tokenizer.pad_token_id
     sampler = EpochSampler(processor, samples, config, rng, base_people(data))
@@ -342,6 +364,7 @@ def finetune(
         "data": str(data),
         "data_digest": benchmark_digest(Path(data)),
         "n_train_pairs": len(samples),
+        "excluded": {"people": len(excluded), "pairs": n_all - len(samples)} if excluded else None,
         "examples_seen": seen,
         "processes": shard.world,
         "recipe": RECIPE,

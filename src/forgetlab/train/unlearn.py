@@ -242,6 +242,7 @@ class UnlearnRecipe:
             pairing=cfg.pairing,
             retain_steps=retain_steps,
             max_steps=cfg.max_steps,
+            retain_per_forget=cfg.retain_per_forget,
         )
         self.timings["setup_s"] = round(time.perf_counter() - t0, 3)
 

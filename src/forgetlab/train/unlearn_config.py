@@ -54,6 +54,12 @@ class UnlearnConfig(BaseModel):
     seed: int = Field(0, description="seed of pairing, init and random labels")
     span: Span = Field("full", description="label span: 'full' (prompt + answer, as the reference) or 'answer'")
     pairing: Pairing = Field("joint", description="'joint' forget+retain per step, or 'interleave' (reference)")
+    retain_per_forget: int | None = Field(
+        None,
+        ge=1,
+        description="interleave: retain steps before each forget step (None = the reference: the whole retain set "
+        "once per epoch, ~10 retain steps per forget step on MLLMU-Bench's forget_10)",
+    )
     retain_step_loss: Literal["nll", "kl"] = Field(
         "nll",
         description="loss of interleaved retain steps: 'nll' descent on retain answers (reference) or 'kl' to the "
