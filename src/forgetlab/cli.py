@@ -168,6 +168,13 @@ def run_and_print(study, out: Path) -> None:
     """Run a study (:func:`forgetlab.study.pipeline.run_study`) and print its chosen models."""
     from forgetlab.study.pipeline import run_study
 
+    if study.benchmark_seeds:
+        from forgetlab.study.draws import run_draws
+
+        pooled = run_draws(study, out, console=console)
+        console.print((out / "draws.md").read_text())
+        console.print(f"done in {pooled['seconds']['total']:.0f} s; pooled: [bold]{out / 'draws.json'}[/]")
+        return
     result = run_study(study, out, console=console)
     chosen = {k: m for k, m in result["models"].items() if k == "original" or m.get("chosen")}
     print_metrics(chosen | result.get("regimes", {}))

@@ -101,9 +101,9 @@ def bootstrap_ci(
 
     ``runs``: one row list per seed (the same questions, one model per seed). Each resample draws the
     seeds with replacement and, for each metric, its set's people with replacement; the accuracy is the
-    mean over every drawn (seed, person) pair's questions. A metric with no rows is left out.
+    mean over every drawn (seed, person) pair's questions. A metric with no rows is left out; each metric's
+    draws are seeded by ``seed`` and its name, so its interval does not depend on the other metrics asked.
     """
-    rng = np.random.default_rng(seed)
     per_seed = []
     for rows in runs:
         keep = part_of(rows) if part else [None] * len(rows)
@@ -117,6 +117,7 @@ def bootstrap_ci(
         people = sorted(set().union(*(t[metric].keys() for t in per_seed)))
         if not people:
             continue
+        rng = np.random.default_rng([seed, *metric.encode()])  # one stream per metric: the others asked do not matter
         # sums[s, p], counts[s, p]: per seed and person
         sums = np.array([[sum(t[metric].get(p, [])) for p in people] for t in per_seed])
         counts = np.array([[len(t[metric].get(p, [])) for p in people] for t in per_seed])

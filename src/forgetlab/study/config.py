@@ -181,6 +181,10 @@ class StudyConfig(_Section):
     name: str
     output: Path | None = Field(None, description="run folder (default runs/<name>; --out overrides)")
     benchmark: Benchmark = Field(default_factory=EmbeddedBenchmark)
+    benchmark_seeds: list[int] = Field(
+        default_factory=list, description="embedded benchmark: run the whole study once per seed (a folder "
+        "seed-<k> each, its own original and retrained models) and pool the draws (forgetlab.study.draws)",
+    )  # fmt: skip
     forget_ratio: int = Field(10, description="forget percentage: 5/10/15 (MLLMU-Bench), 1/5/10 (CLEAR, TOFU)")
     model: ModelSpec = Field(default_factory=ModelSpec)
     schedule: dict[str, Any] = Field(default_factory=dict, description="UnlearnConfig fields shared by every run")
@@ -216,6 +220,9 @@ class StudyConfig(_Section):
             raise ValueError(f"model.source: knowledge injection needs an MLLMU-Bench layout, not {kind}")
         if self.verify.regimes and kind not in ("embedded", "mllmu"):
             raise ValueError(f"verify.regimes: continual regimes need an MLLMU-Bench layout, not {kind}")
+        draws = self.benchmark_seeds
+        if draws and (kind != "embedded" or len(set(draws)) < len(draws)):
+            raise ValueError(f"benchmark_seeds: {draws} must be distinct seeds of the embedded benchmark")
         names = [r.method for r in self.runs]
         if len(set(names)) < len(names):
             raise ValueError(f"runs: a method appears twice ({names}); give one entry per method")

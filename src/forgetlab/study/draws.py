@@ -1,0 +1,271 @@
+"""One study over several draws of the embedded benchmark: is a result robust to the benchmark's seed?
+
+A study with ``benchmark_seeds: [0, 1, 2]`` (``configs/embedded-seeds.yaml``) runs the whole study
+(:func:`forgetlab.study.pipeline.run_study`) once per seed into ``<out>/seed-<k>``: a new benchmark
+(other faces, names, attributes and splits), its own original and retrained models, every group's
+grid, selection and seeds. Each draw is a complete, resumable study folder.
+
+Then :func:`pool_draws` pools the draws: for each group (method in an arm), the chosen setting of every
+draw, its report-part accuracies averaged over draws, and a 95% interval bootstrapped over draws'
+people and run seeds together (people of different draws are different people); the claims the pooled
+intervals support, and in how many draws each claim held on its own. ``<out>/draws.json`` holds it all,
+``<out>/draws.md`` the tables ``docs/RESULTS.md`` is written from.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from forgetlab.eval.stats import bootstrap_ci, interval_claim, mean_over, part_of
+from forgetlab.io import atomic_file, write_json
+from forgetlab.study.compare import read_rows
+from forgetlab.study.config import StudyConfig
+
+#: the report-part accuracies shown per group (MLLMU-Bench's forget / test / retain / real-world columns)
+SHOWN: tuple[str, ...] = (
+    "forget_vqa_acc",
+    "test_vqa_acc",
+    "forget_qa_acc",
+    "retain_vqa_acc",
+    "retain_qa_acc",
+    "realworld_vqa_acc",
+    "realworld_qa_acc",
+)
+
+
+def draw_folder(out: Path, seed: int) -> Path:
+    return Path(out) / f"seed-{seed}"
+
+
+def draw_study(study: StudyConfig, seed: int) -> StudyConfig:
+    """The study on one draw: the same file with ``benchmark.seed = seed`` (the original and retrained
+    models follow the benchmark's seed)."""
+    return study.model_copy(
+        update={"benchmark": study.benchmark.model_copy(update={"seed": seed}), "benchmark_seeds": []}
+    )
+
+
+def run_draws(study: StudyConfig, out: Path, console: Console | None = None) -> dict[str, Any]:
+    """Run ``study`` on each of its ``benchmark_seeds`` (resumable, one folder each) and pool them."""
+    from forgetlab.study.pipeline import run_study
+
+    console = console or Console(stderr=True)
+    t0 = time.time()
+    results, seconds = {}, {}
+    for seed in study.benchmark_seeds:
+        console.rule(f"benchmark seed {seed}")
+        start = time.time()
+        results[seed] = run_study(draw_study(study, seed), draw_folder(out, seed), console)
+        seconds[seed] = round(time.time() - start, 1)
+    pooled = pool_draws(out, results)
+    pooled["seconds"] = {
+        "total": round(time.time() - t0, 1),
+        "per_draw_this_invocation": seconds,
+        "per_draw_first_run": {s: r["seconds"] for s, r in results.items()},
+    }
+    write_json(Path(out) / "draws.json", pooled)
+    with atomic_file(Path(out) / "draws.md") as f:
+        f.write(draws_markdown(pooled))
+    return pooled
+
+
+def _report_rows(rows: Sequence[Mapping[str, Any]], prefix: str) -> list[dict]:
+    """The report part of one run's answers, people renamed ``<prefix>/<id>`` (draws hold different people)."""
+    keep = part_of(rows)
+    return [dict(r) | {"id": f"{prefix}/{r['id']}"} for r, k in zip(rows, keep, strict=True) if k == "report"]
+
+
+def pooled_interval(per_draw: Sequence[Sequence[Sequence[Mapping[str, Any]]]], metrics: Sequence[str]) -> dict:
+    """Mean and 95% interval of report-part accuracies over draws, their people and run seeds.
+
+    ``per_draw[d][s]``: the answers of draw ``d``'s chosen setting at run seed ``s``. Run seed ``s`` of
+    every draw forms one resampling unit; people are resampled across all draws."""
+    n_seeds = min(len(runs) for runs in per_draw)
+    joined = [[r for d, runs in enumerate(per_draw) for r in _report_rows(runs[s], f"d{d}")] for s in range(n_seeds)]
+    means = [mean_over(runs) for runs in per_draw]
+    mean = {k: round(sum(m[k] for m in means) / len(means), 4) for k in metrics if all(k in m for m in means)}
+    return {"reported": mean, "ci": bootstrap_ci(joined, list(mean), part=None)}
+
+
+def pool_draws(out: Path, results: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
+    """Pool each group's chosen setting over the draws (see the module doc)."""
+    draws = sorted(results)
+    groups: dict[str, dict[str, Any]] = {}
+    for seed in draws:
+        for name, row in results[seed]["models"].items():
+            if row.get("chosen"):
+                groups.setdefault(
+                    row["group"],
+                    {"method": row["method"], "arm": row.get("arm"), "nomask": row.get("nomask"), "chosen": {}},
+                )["chosen"][seed] = name
+    pooled: dict[str, dict[str, Any]] = {}
+    for label, g in groups.items():
+        if len(g["chosen"]) < len(draws):
+            continue
+        per_draw = []
+        for seed in draws:
+            name = g["chosen"][seed]
+            row = results[seed]["models"][name]
+            folder = draw_folder(out, seed) / "models"
+            per_draw.append([read_rows(folder / n) for n in [name, *row.get("seed_runs", [])]])
+        entry = g | pooled_interval(per_draw, SHOWN)
+        entry["per_draw"] = {seed: _draw_entry(results[seed]["models"][g["chosen"][seed]]) for seed in draws}
+        pooled[label] = entry
+    claim_metrics = (
+        "forget_vqa_acc",
+        "forget_qa_acc",
+        "retain_vqa_acc",
+        "retain_qa_acc",
+        "realworld_vqa_acc",
+        "realworld_qa_acc",
+    )
+    return {
+        "draws": draws,
+        "originals": {s: _model_entry(results[s]["models"].get("original", {})) for s in draws},
+        "retrained": {s: _model_entry(results[s]["models"].get("retrained", {})) for s in draws},
+        "groups": pooled,
+        "claims": pooled_claims(pooled, claim_metrics, {s: results[s].get("claims", []) for s in draws}),
+        "regimes": {
+            s: {
+                k: {
+                    "verdict": r.get("verdict"),
+                    "expected": r.get("expected"),
+                    "forget_vqa_acc": r.get("forget_vqa_acc"),
+                    "as_expected": r.get("as_expected"),
+                }
+                for k, r in results[s].get("regimes", {}).items()
+            }
+            for s in draws
+        },
+    }
+
+
+def _model_entry(m: Mapping[str, Any]) -> dict[str, Any]:
+    keep = (
+        "test_vqa_acc",
+        "forget_vqa_acc",
+        "forget_qa_acc",
+        "retain_vqa_acc",
+        "realworld_vqa_acc",
+        "privleak",
+        "forget_quality",
+    )
+    return {k: m.get(k) for k in keep} | {"generate": m.get("generate")}
+
+
+def _draw_entry(m: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "lr": m.get("lr"),
+        "reported": m.get("reported"),
+        "ci": m.get("ci"),
+        "forget_quality": m.get("forget_quality"),
+        "privleak": m.get("privleak"),
+        "verdict": m.get("verdict"),
+    }
+
+
+def pooled_claims(
+    pooled: Mapping[str, Mapping[str, Any]], metrics: Sequence[str], per_draw: Mapping[int, Sequence[Mapping]]
+) -> list[dict[str, Any]]:
+    """Every same-arm pair of groups on ``metrics``: whether the pooled intervals separate them, and in
+    how many draws the claim held on its own (each draw's ``claims``)."""
+    out = []
+    labels = sorted(pooled)
+    for i, a in enumerate(labels):
+        for b in labels[i + 1 :]:
+            if pooled[a]["arm"] != pooled[b]["arm"]:
+                continue
+            for k in metrics:
+                ca, cb = pooled[a]["ci"].get(k), pooled[b]["ci"].get(k)
+                if ca is None or cb is None:
+                    continue
+                sign = interval_claim(ca, cb)
+                first, second = (a, b) if sign != "<" else (b, a)
+                held = sum(
+                    any(
+                        c["metric"] == k
+                        and c["holds"]
+                        and c["claim"].startswith(f"{first}@")
+                        and f"> {second}@" in c["claim"]
+                        for c in claims
+                    )
+                    for claims in per_draw.values()
+                )
+                out.append(
+                    {
+                        "claim": f"{first} > {second} on {k}" if sign != "~" else f"{a} ~ {b} on {k}",
+                        "metric": k,
+                        "holds": sign != "~",
+                        "ci_a": ca,
+                        "ci_b": cb,
+                        "held_in_draws": held if sign != "~" else None,
+                        "draws": len(per_draw),
+                        "ablation": pooled[a]["method"] == pooled[b]["method"],
+                    }
+                )
+    return out
+
+
+def _cell(mean: float | None, ci: Sequence[float] | None) -> str:
+    if mean is None:
+        return "-"
+    return f"{mean:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else f"{mean:.2f}"
+
+
+def draws_markdown(pooled: Mapping[str, Any]) -> str:
+    """The pooled tables as Markdown: originals per draw, groups with intervals, claims, regimes."""
+    draws = pooled["draws"]
+    lines = [
+        f"Benchmark seeds {', '.join(map(str, draws))}; report part only; 95% intervals over draws, people "
+        "and run seeds.",
+        "",
+        "| model (per draw) | " + " | ".join(f"seed {s}" for s in draws) + " |",
+        "|---|" + "---|" * len(draws),
+    ]
+    for what in ("test_vqa_acc", "forget_vqa_acc", "forget_qa_acc", "retain_vqa_acc"):
+        lines.append(
+            f"| original {what} | "
+            + " | ".join(
+                "-" if pooled["originals"][s].get(what) is None else f"{pooled['originals'][s][what]:.2f}"
+                for s in draws
+            )
+            + " |"
+        )
+    for what in ("forget_vqa_acc", "forget_qa_acc", "retain_vqa_acc"):
+        lines.append(
+            f"| retrained {what} | "
+            + " | ".join(
+                "-" if pooled["retrained"][s].get(what) is None else f"{pooled['retrained'][s][what]:.2f}"
+                for s in draws
+            )
+            + " |"
+        )
+    lines += [
+        "",
+        "| group | chosen LR per draw | " + " | ".join(k.removesuffix("_acc").replace("_", " ") for k in SHOWN) + " |",
+        "|---|---|" + "---|" * len(SHOWN),
+    ]
+    for label, g in sorted(pooled["groups"].items()):
+        lrs = ", ".join(f"{g['per_draw'][s]['lr']:g}" for s in draws)
+        cells = " | ".join(_cell(g["reported"].get(k), g["ci"].get(k)) for k in SHOWN)
+        lines.append(f"| {label} | {lrs} | {cells} |")
+    lines += ["", "Claims the pooled intervals support (held alone in k of the draws):", ""]
+    held = [c for c in pooled["claims"] if c["holds"]]
+    lines += [f"- {c['claim']} ({c['held_in_draws']}/{c['draws']} draws)" for c in held] or ["- none"]
+    lines += ["", "| regime | " + " | ".join(f"seed {s}" for s in draws) + " |", "|---|" + "---|" * len(draws)]
+    names = sorted({k for s in draws for k in pooled["regimes"][s]})
+    for name in names:
+        lines.append(
+            f"| {name} | "
+            + " | ".join(str((pooled["regimes"][s].get(name) or {}).get("verdict")) for s in draws)
+            + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["draw_folder", "draw_study", "pool_draws", "pooled_interval", "run_draws"]
