@@ -227,24 +227,12 @@ def draws_markdown(pooled: Mapping[str, Any]) -> str:
         "| model (per draw) | " + " | ".join(f"seed {s}" for s in draws) + " |",
         "|---|" + "---|" * len(draws),
     ]
-    for what in ("test_vqa_acc", "forget_vqa_acc", "forget_qa_acc", "retain_vqa_acc"):
-        lines.append(
-            f"| original {what} | "
-            + " | ".join(
-                "-" if pooled["originals"][s].get(what) is None else f"{pooled['originals'][s][what]:.2f}"
-                for s in draws
-            )
-            + " |"
-        )
-    for what in ("forget_vqa_acc", "forget_qa_acc", "retain_vqa_acc"):
-        lines.append(
-            f"| retrained {what} | "
-            + " | ".join(
-                "-" if pooled["retrained"][s].get(what) is None else f"{pooled['retrained'][s][what]:.2f}"
-                for s in draws
-            )
-            + " |"
-        )
+    for role, shown in (("originals", ("test_vqa_acc", "forget_vqa_acc", "forget_qa_acc", "retain_vqa_acc")),
+                        ("retrained", ("forget_vqa_acc", "forget_qa_acc", "retain_vqa_acc"))):  # fmt: skip
+        for what in shown:
+            values = [pooled[role][s].get(what) for s in draws]
+            cells = " | ".join("-" if v is None else f"{v:.2f}" for v in values)
+            lines.append(f"| {role.removesuffix('s')} {what} | {cells} |")
     lines += [
         "",
         "| group | chosen LR per draw | " + " | ".join(k.removesuffix("_acc").replace("_", " ") for k in SHOWN) + " |",
