@@ -169,10 +169,10 @@ def run_and_print(study, out: Path) -> None:
     from forgetlab.study.pipeline import run_study
 
     if study.benchmark_seeds:
-        from forgetlab.study.draws import run_draws
+        from forgetlab.study.draws import draws_markdown, run_draws
 
         pooled = run_draws(study, out, console=console)
-        console.print((out / "draws.md").read_text())
+        console.print(draws_markdown(pooled))
         console.print(f"done in {pooled['seconds']['total']:.0f} s; pooled: [bold]{out / 'draws.json'}[/]")
         return
     result = run_study(study, out, console=console)

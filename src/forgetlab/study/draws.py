@@ -23,7 +23,7 @@ from rich.console import Console
 
 from forgetlab.eval.stats import bootstrap_ci, interval_claim, mean_over, part_of
 from forgetlab.io import atomic_file, write_json
-from forgetlab.study.compare import read_rows
+from forgetlab.study.compare import claims, read_rows
 from forgetlab.study.config import StudyConfig
 
 #: the report-part accuracies shown per group (MLLMU-Bench's forget / test / retain / real-world columns)
@@ -85,10 +85,11 @@ def pooled_interval(per_draw: Sequence[Sequence[Sequence[Mapping[str, Any]]]], m
 
     ``per_draw[d][s]``: the answers of draw ``d``'s chosen setting at run seed ``s``. Run seed ``s`` of
     every draw forms one resampling unit; people are resampled across all draws."""
-    n_seeds = min(len(runs) for runs in per_draw)
-    joined = [[r for d, runs in enumerate(per_draw) for r in _report_rows(runs[s], f"d{d}")] for s in range(n_seeds)]
-    means = [mean_over(runs) for runs in per_draw]
+    report = [[_report_rows(rows, f"d{d}") for rows in runs] for d, runs in enumerate(per_draw)]
+    means = [mean_over(runs, part=None) for runs in report]
     mean = {k: round(sum(m[k] for m in means) / len(means), 4) for k in metrics if all(k in m for m in means)}
+    n_seeds = min(len(runs) for runs in report)
+    joined = [[r for runs in report for r in runs[s]] for s in range(n_seeds)]
     return {"reported": mean, "ci": bootstrap_ci(joined, list(mean), part=None)}
 
 
@@ -116,20 +117,14 @@ def pool_draws(out: Path, results: Mapping[int, Mapping[str, Any]]) -> dict[str,
         entry = g | pooled_interval(per_draw, SHOWN)
         entry["per_draw"] = {seed: _draw_entry(results[seed]["models"][g["chosen"][seed]]) for seed in draws}
         pooled[label] = entry
-    claim_metrics = (
-        "forget_vqa_acc",
-        "forget_qa_acc",
-        "retain_vqa_acc",
-        "retain_qa_acc",
-        "realworld_vqa_acc",
-        "realworld_qa_acc",
-    )
+    chosen_by = results[draws[0]].get("selection") or {}
+    claim_metrics = [chosen_by.get("forget_metric", "forget_vqa_acc"), *chosen_by.get("kept", SHOWN[2:])]
     return {
         "draws": draws,
         "originals": {s: _model_entry(results[s]["models"].get("original", {})) for s in draws},
         "retrained": {s: _model_entry(results[s]["models"].get("retrained", {})) for s in draws},
         "groups": pooled,
-        "claims": pooled_claims(pooled, claim_metrics, {s: results[s].get("claims", []) for s in draws}),
+        "claims": pooled_claims(pooled, claim_metrics),
         "regimes": {
             s: {
                 k: {
@@ -169,45 +164,17 @@ def _draw_entry(m: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def pooled_claims(
-    pooled: Mapping[str, Mapping[str, Any]], metrics: Sequence[str], per_draw: Mapping[int, Sequence[Mapping]]
-) -> list[dict[str, Any]]:
-    """Every same-arm pair of groups on ``metrics``: whether the pooled intervals separate them, and in
-    how many draws the claim held on its own (each draw's ``claims``)."""
-    out = []
-    labels = sorted(pooled)
-    for i, a in enumerate(labels):
-        for b in labels[i + 1 :]:
-            if pooled[a]["arm"] != pooled[b]["arm"]:
-                continue
-            for k in metrics:
-                ca, cb = pooled[a]["ci"].get(k), pooled[b]["ci"].get(k)
-                if ca is None or cb is None:
-                    continue
-                sign = interval_claim(ca, cb)
-                first, second = (a, b) if sign != "<" else (b, a)
-                held = sum(
-                    any(
-                        c["metric"] == k
-                        and c["holds"]
-                        and c["claim"].startswith(f"{first}@")
-                        and f"> {second}@" in c["claim"]
-                        for c in claims
-                    )
-                    for claims in per_draw.values()
-                )
-                out.append(
-                    {
-                        "claim": f"{first} > {second} on {k}" if sign != "~" else f"{a} ~ {b} on {k}",
-                        "metric": k,
-                        "holds": sign != "~",
-                        "ci_a": ca,
-                        "ci_b": cb,
-                        "held_in_draws": held if sign != "~" else None,
-                        "draws": len(per_draw),
-                        "ablation": pooled[a]["method"] == pooled[b]["method"],
-                    }
-                )
+def pooled_claims(pooled: Mapping[str, Mapping[str, Any]], metrics: Sequence[str]) -> list[dict[str, Any]]:
+    """:func:`forgetlab.study.compare.claims` on the pooled intervals, each claim that holds with
+    ``held_in_draws``: in how many draws the two groups' own intervals separate them the same way."""
+    out = claims(pooled, metrics)
+    for c in out:
+        sign = interval_claim(c["ci_a"], c["ci_b"])
+        each = [(pooled[c["a"]]["per_draw"][s].get("ci") or {}, pooled[c["b"]]["per_draw"][s].get("ci") or {})
+                for s in pooled[c["a"]]["per_draw"]]  # fmt: skip
+        held = sum(c["metric"] in a and c["metric"] in b and interval_claim(a[c["metric"]], b[c["metric"]]) == sign
+                   for a, b in each)  # fmt: skip
+        c |= {"held_in_draws": held if c["holds"] else None, "draws": len(each)}
     return out
 
 

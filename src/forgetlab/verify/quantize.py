@@ -33,7 +33,6 @@ the forgotten accuracy that quantization restored, ``(quantized − unlearned) /
 from __future__ import annotations
 
 import gc
-import math
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -197,13 +196,9 @@ def recovered_share(
     float tolerance: nothing was forgotten). Not clipped: < 0 means quantization forgot more, > 1 that it
     overshot the original.
     """
-    values = (original, unlearned, quantized)
-    if any(v is None or not math.isfinite(v) for v in values):
-        return None
-    gap = original - unlearned  # type: ignore[operator]
-    if gap < min_gap - 1e-9:
-        return None
-    return (quantized - unlearned) / gap  # type: ignore[operator]
+    from forgetlab.verify.relearn import recovery
+
+    return recovery(original, unlearned, quantized, min_gap=min_gap)
 
 
 def quantization_attack(

@@ -68,12 +68,14 @@ def _finite(x: float | None) -> bool:
     return x is not None and math.isfinite(x)
 
 
-def nothing_forgotten(gap: float) -> bool:
-    """True when an accuracy drop is below :data:`MIN_FORGOTTEN` (with float tolerance: 0.35 − 0.3 < 0.05)."""
-    return gap < MIN_FORGOTTEN - 1e-9
+def nothing_forgotten(gap: float, min_gap: float = MIN_FORGOTTEN) -> bool:
+    """True when an accuracy drop is below ``min_gap`` (with float tolerance: 0.35 − 0.3 < 0.05)."""
+    return gap < min_gap - 1e-9
 
 
-def recovery(orig: float | None, unl: float | None, rel: float | None) -> float | None:
+def recovery(
+    orig: float | None, unl: float | None, rel: float | None, *, min_gap: float = MIN_FORGOTTEN
+) -> float | None:
     """(rel − unl) / (orig − unl), or ``None`` when undefined.
 
     Undefined when any input is missing or not finite, or when ``orig − unl <`` :data:`MIN_FORGOTTEN`
@@ -83,7 +85,7 @@ def recovery(orig: float | None, unl: float | None, rel: float | None) -> float 
     if not (_finite(orig) and _finite(unl) and _finite(rel)):
         return None
     gap = orig - unl  # type: ignore[operator]
-    if nothing_forgotten(gap):
+    if nothing_forgotten(gap, min_gap):
         return None
     return (rel - unl) / gap  # type: ignore[operator]
 
