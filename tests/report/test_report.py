@@ -89,6 +89,24 @@ def test_tradeoff_plot_is_a_png():
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
 
 
+def test_tradeoff_curves_read_the_report_part_and_its_intervals():
+    from forgetlab.report.plots import _curve_points
+
+    rows = [
+        {"forget_vqa_acc": 0.9, "forget_qa_acc": 0.9, "report": {"forget_vqa_acc": 0.5, "forget_qa_acc": 0.7},
+         "point_ci": {"forget_vqa_acc": [0.4, 0.6], "forget_qa_acc": [0.6, 0.8]}},
+        {"forget_vqa_acc": 0.2, "forget_qa_acc": 0.3},  # no report part: the whole-set values, no interval
+    ]  # fmt: skip
+    assert _curve_points(rows, "forget_qa_acc") == [(0.2, 0.3, None, None), (0.5, 0.7, [0.4, 0.6], [0.6, 0.8])]
+    banded = {
+        f"g{i}": {"method": "ga", "group": "ga.retain", "lr": lr, "report": {"forget_vqa_acc": v, "forget_qa_acc": v,
+                  "retain_vqa_acc": v}, "point_ci": {k: [v - 0.1, v + 0.1] for k in ("forget_vqa_acc",
+                  "forget_qa_acc", "retain_vqa_acc")}}
+        for i, (lr, v) in enumerate([(1e-4, 0.3), (3e-5, 0.7)])
+    }  # fmt: skip
+    assert tradeoff_plot(banded)[:4] == b"\x89PNG"
+
+
 def test_verdict_table_and_depth_plot():
     from forgetlab.report.html import verdict_table
     from forgetlab.report.plots import depth_plot

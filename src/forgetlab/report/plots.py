@@ -17,50 +17,64 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+def _curve_points(rows: list[dict], key: str) -> list[tuple[float, float, list | None, list | None]]:
+    """``(x, y, x interval, y interval)`` of each run, sorted by x: report-part accuracies where the run
+    has them (``report``), with the run's 95% interval over people (``point_ci``) where computed."""
+    pts = []
+    for r in rows:
+        values = r.get("report") or r
+        x, y = values.get("forget_vqa_acc"), values.get(key)
+        if x is None or y is None:
+            continue
+        ci = r.get("point_ci") or {}
+        pts.append((x, y, ci.get("forget_vqa_acc"), ci.get(key)))
+    return sorted(pts, key=lambda p: p[0])
+
+
 def tradeoff_plot(runs: dict[str, dict], original: dict | None = None) -> bytes:
-    """Forget VQA accuracy (x) vs forget QA and retain VQA accuracy (y): one curve per method.
+    """Forget VQA accuracy (x) vs forget QA and retain VQA accuracy (y): one curve per group (method and
+    arm; ``-nomask`` twins dashed), one point per learning rate, shaded 95% bands over people.
 
     Good unlearning sits at the top-left: visual pattern forgotten, text knowledge and general
-    perception kept. Points along a curve are the method's learning rates.
+    perception kept. A group is its runs' ``group`` (else their ``method``); the band joins each point's
+    interval on y (``point_ci``), the horizontal bars are its interval on x.
     """
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), sharex=True)
-    methods = sorted({r["method"] for r in runs.values()})
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharex=True)
+    groups: dict[str, list[dict]] = {}
+    for r in runs.values():
+        groups.setdefault(r.get("group") or r["method"], []).append(r)
     cmap = plt.get_cmap("tab10")
+    colours = {m: cmap(i % 10) for i, m in enumerate(sorted({g.split("-nomask")[0].split(".")[0] for g in groups}))}
     for ax, key, title in zip(
         axes,
         ("forget_qa_acc", "retain_vqa_acc"),
         ("Forget QA (text knowledge of the forgotten)", "Retain VQA (other people's images)"),
         strict=True,
     ):
-        for i, m in enumerate(methods):
-            pts = sorted(
-                (r["forget_vqa_acc"], r[key], r["lr"])
-                for r in runs.values()
-                if r["method"] == m and r.get("forget_vqa_acc") is not None and r.get(key) is not None
-            )
+        for group, rows in sorted(groups.items()):
+            pts = _curve_points(rows, key)
             if not pts:
                 continue
-            xs, ys, _ = zip(*pts, strict=True)
-            style = dict(lw=2.5, marker="o", ms=7) if m == "mmunlearner" else dict(lw=1.3, marker=".", ms=7)
-            ax.plot(xs, ys, color=cmap(i % 10), label=m, **style)
+            colour = colours[group.split("-nomask")[0].split(".")[0]]
+            xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+            ls = "--" if "nomask" in group else ":" if group.endswith("forget-only") else "-"
+            ax.plot(xs, ys, color=colour, ls=ls, marker="o", ms=4, lw=1.4, label=group)
+            if all(p[3] for p in pts):
+                ax.fill_between(xs, [p[3][0] for p in pts], [p[3][1] for p in pts], color=colour, alpha=0.12, lw=0)
+            for _, y, xci, _ci in pts:
+                if xci:
+                    ax.plot(xci, [y, y], color=colour, lw=0.8, alpha=0.5)
         if original is not None:
-            ax.scatter(
-                [original["forget_vqa_acc"]],
-                [original[key]],
-                marker="*",
-                s=180,
-                color="black",
-                label="original",
-                zorder=5,
-            )
+            ax.scatter([original["forget_vqa_acc"]], [original[key]], marker="*", s=180, color="black",
+                       label="original", zorder=5)  # fmt: skip
         ax.axvline(0.25, color="gray", ls=":", lw=1)
         ax.set_xlabel("Forget VQA accuracy (lower = forgotten; chance 0.25)")
         ax.set_ylabel(title.split(" (")[0] + " accuracy")
         ax.set_title(title, fontsize=10)
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=8, loc="lower right")
-    fig.suptitle("Unlearning trade-off on forget_10 (each point: one learning rate)")
+    axes[1].legend(fontsize=7, loc="lower right")
+    fig.suptitle("Unlearning trade-off (each point: one learning rate, report part; bands: 95% over people)")
     return _png(fig)
 
 

@@ -45,6 +45,11 @@ def summarise_seeds(runs: Sequence[Sequence[dict]], seeds: Sequence[int]) -> dic
     return {"seeds": list(seeds), "reported": reported, "ci": bootstrap_ci(runs, list(reported))}
 
 
+def point_interval(rows: Sequence[dict], metrics: Sequence[str]) -> dict[str, list[float]]:
+    """One run's 95% intervals over people (report part) of ``metrics``: a point of a trade-off curve."""
+    return bootstrap_ci([rows], metrics) if rows else {}
+
+
 def auc(mia: Mapping[str, Any] | None) -> float | None:
     modality, attack = PRIVLEAK_ATTACK
     return ((mia or {}).get(modality) or {}).get(attack)
@@ -93,4 +98,4 @@ def claims(chosen: Mapping[str, Mapping[str, Any]], metrics: Sequence[str]) -> l
     return out
 
 
-__all__ = ["against_gold", "claims", "matched", "read_rows", "summarise_seeds", "utility"]
+__all__ = ["against_gold", "claims", "matched", "point_interval", "read_rows", "summarise_seeds", "utility"]

@@ -408,6 +408,9 @@ def run_study(study: StudyConfig, out: Path, console: Console | None = None) -> 
     chosen_runs: dict[str, dict] = {}
     for label in sorted(grids, key=lambda k: list(groups).index(k)):
         rows = with_choice(grids[label], selection)
+        if ref.kind != "tofu":  # each learning rate's own 95% interval over people: the trade-off plot's bands
+            for k, m in rows.items():
+                m["point_ci"] = compare.point_interval(compare.read_rows(models_dir / k), [selection[0], *selection[2]])
         name = next(k for k, m in rows.items() if m["chosen"])
         names = [name, *extra_seeds.get(label, {})]
         answers = [compare.read_rows(models_dir / k) for k in names]
@@ -447,8 +450,13 @@ def run_study(study: StudyConfig, out: Path, console: Console | None = None) -> 
             "digest": digest,
         },  # fmt: skip
         "protocol": "loglik",
-        "selection": {"forget_metric": selection[0], "target": selection[1], "kept": list(selection[2]),
-                      "seeds": study.run_seeds(), "split": SPLIT_NOTE},  # fmt: skip
+        "selection": {
+            "forget_metric": selection[0],
+            "target": selection[1],
+            "kept": list(selection[2]),
+            "seeds": study.run_seeds(),
+            "split": SPLIT_NOTE,
+        },  # fmt: skip
         "arms": {a.name: a.schedule for a in study.arms},
         "models": models,
         "claims": compare.claims(chosen_runs, claim_metrics),

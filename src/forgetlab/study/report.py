@@ -94,7 +94,11 @@ def write_report(study: StudyConfig, out: Path, data: BenchmarkData, metrics: di
     if runs and all(k in original for k in ("forget_vqa_acc", "forget_qa_acc", "retain_vqa_acc")):
         report.add(
             "Trade-off: forgetting the face vs keeping text knowledge and perception",
-            figure(tradeoff_plot(runs, models["original"]), "one curve per method, points = learning rates"),
+            figure(
+                tradeoff_plot(runs, models["original"]),
+                "one curve per method and arm (dashed: its -nomask twin), points = learning rates, "
+                "bands = 95% intervals over people",
+            ),
         )
     verified = {k: m for k, m in chosen.items() if "verdict" in m} | {
         k: m for k, m in runs.items() if "verdict" in m and not m.get("chosen")
