@@ -10,7 +10,7 @@ import pytest
 from forgetlab.eval.stats import part_of
 from forgetlab.io import write_jsonl
 from forgetlab.study.config import StudyConfig
-from forgetlab.study.draws import draw_study, draws_markdown, pool_draws, pooled_interval
+from forgetlab.study.draws import curves_plot, draw_study, draws_markdown, pool_draws, pooled_interval
 
 
 def answers(acc: float, people: int = 8, questions: int = 6) -> list[dict]:
@@ -28,7 +28,7 @@ def fake_draw(out: Path, seed: int, accs: dict[str, float]) -> dict:
         for run in (name, f"{name}-s1"):
             write_jsonl(out / f"seed-{seed}" / "models" / run / "eval_rows.jsonl", answers(acc))
         models[name] = {"chosen": True, "group": group, "method": group.split(".")[0], "arm": "retain", "lr": 1e-4,
-                        "nomask": False, "seed_runs": [f"{name}-s1"]}  # fmt: skip
+                        "nomask": False, "seed_runs": [f"{name}-s1"], "matched_utility": acc + seed / 10}  # fmt: skip
     models["original"] = {"test_vqa_acc": 0.9}
     return {"models": models, "claims": [], "regimes": {}}
 
@@ -55,8 +55,14 @@ def test_pool_draws_claims_and_markdown(tmp_path: Path) -> None:
     assert pooled["groups"]["mmunlearner.retain"]["reported"]["forget_vqa_acc"] == 1.0
     claim = next(c for c in pooled["claims"] if c["metric"] == "forget_vqa_acc")
     assert claim["holds"] and claim["claim"] == "mmunlearner.retain > ga_diff.retain on forget_vqa_acc"
+    # utility at matched forgetting: the mean of the draws' own (1.0 and 1.1)
+    assert pooled["groups"]["mmunlearner.retain"]["matched_utility"] == pytest.approx(1.05)
+    # the trade-off front: each group's learning rate pooled over the draws
+    point = pooled["curves"]["ga_diff.retain"]["0.0001"]
+    assert point["reported"]["forget_vqa_acc"] == 0.0 and point["ci"]["forget_vqa_acc"] == [0.0, 0.0]
     text = draws_markdown(pooled)
-    assert "| mmunlearner.retain | 0.0001, 0.0001 | 1.00 [1.00, 1.00]" in text
+    assert "| mmunlearner.retain | 0.0001, 0.0001 | 1.00 [1.00, 1.00]" in text and "| 1.05 |" in text
+    assert curves_plot(pooled)[:4] == b"\x89PNG"
     json.dumps(pooled)  # what run_draws writes
 
 

@@ -73,7 +73,8 @@ def tradeoff_plot(runs: dict[str, dict], original: dict | None = None) -> bytes:
         ax.set_title(title, fontsize=10)
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7, loc="lower right")
+    if axes[1].get_legend_handles_labels()[0]:
+        axes[1].legend(fontsize=7, loc="lower right")
     fig.suptitle("Unlearning trade-off (each point: one learning rate, report part; bands: 95% over people)")
     return _png(fig)
 

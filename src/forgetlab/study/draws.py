@@ -8,8 +8,10 @@ grid, selection and seeds. Each draw is a complete, resumable study folder.
 Then :func:`pool_draws` pools the draws: for each group (method in an arm), the chosen setting of every
 draw, its report-part accuracies averaged over draws, and a 95% interval bootstrapped over draws'
 people and run seeds together (people of different draws are different people); the claims the pooled
-intervals support, and in how many draws each claim held on its own. ``<out>/draws.json`` holds it all,
-``<out>/draws.md`` the tables ``docs/RESULTS.md`` is written from.
+intervals support, and in how many draws each claim held on its own; each group's utility at matched
+forgetting, Forget Quality and PrivLeak averaged over the draws; every learning rate of every group pooled the
+same way (the trade-off front). ``<out>/draws.json`` holds it all, ``<out>/draws.md`` the tables and
+``<out>/draws-tradeoff.png`` the front that ``docs/RESULTS.md`` is written from.
 """
 
 from __future__ import annotations
@@ -71,6 +73,9 @@ def run_draws(study: StudyConfig, out: Path, console: Console | None = None) -> 
     write_json(Path(out) / "draws.json", pooled)
     with atomic_file(Path(out) / "draws.md") as f:
         f.write(draws_markdown(pooled))
+    if pooled["curves"]:
+        with atomic_file(Path(out) / "draws-tradeoff.png", "wb") as f:
+            f.write(curves_plot(pooled))
     return pooled
 
 
@@ -116,6 +121,9 @@ def pool_draws(out: Path, results: Mapping[int, Mapping[str, Any]]) -> dict[str,
             per_draw.append([read_rows(folder / n) for n in [name, *row.get("seed_runs", [])]])
         entry = g | pooled_interval(per_draw, SHOWN)
         entry["per_draw"] = {seed: _draw_entry(results[seed]["models"][g["chosen"][seed]]) for seed in draws}
+        for key in ("matched_utility", "forget_quality", "privleak"):  # mean over the draws that have it
+            values = [d[key] for d in entry["per_draw"].values() if d.get(key) is not None]
+            entry[key] = round(sum(values) / len(values), 4) if len(values) == len(draws) else None
         pooled[label] = entry
     chosen_by = results[draws[0]].get("selection") or {}
     claim_metrics = [chosen_by.get("forget_metric", "forget_vqa_acc"), *chosen_by.get("kept", SHOWN[2:])]
@@ -125,6 +133,7 @@ def pool_draws(out: Path, results: Mapping[int, Mapping[str, Any]]) -> dict[str,
         "retrained": {s: _model_entry(results[s]["models"].get("retrained", {})) for s in draws},
         "groups": pooled,
         "claims": pooled_claims(pooled, claim_metrics),
+        "curves": pooled_curves(out, results),
         "regimes": {
             s: {
                 k: {
@@ -160,8 +169,48 @@ def _draw_entry(m: Mapping[str, Any]) -> dict[str, Any]:
         "ci": m.get("ci"),
         "forget_quality": m.get("forget_quality"),
         "privleak": m.get("privleak"),
+        "matched_utility": m.get("matched_utility"),
         "verdict": m.get("verdict"),
     }
+
+
+#: what the pooled trade-off curves show (x: forget VQA; y: forget QA and retain VQA)
+CURVE_METRICS: tuple[str, ...] = ("forget_vqa_acc", "forget_qa_acc", "retain_vqa_acc")
+
+
+def pooled_curves(out: Path, results: Mapping[int, Mapping[str, Any]]) -> dict[str, dict[str, dict]]:
+    """Every group's learning-rate grid pooled over the draws: ``{group: {lr: {reported, ci}}}`` for each
+    learning rate run in every draw (one run seed: intervals over the draws' people), the trade-off front."""
+    draws = sorted(results)
+    runs: dict[tuple[str, float], dict[int, str]] = {}
+    for seed in draws:
+        for name, row in results[seed]["models"].items():
+            if row.get("group") and row.get("lr") is not None:
+                runs.setdefault((row["group"], row["lr"]), {})[seed] = name
+    curves: dict[str, dict[str, dict]] = {}
+    for (group, lr), names in sorted(runs.items()):
+        if len(names) < len(draws):
+            continue
+        per_draw = [[read_rows(draw_folder(out, s) / "models" / names[s])] for s in draws]
+        if all(runs_[0] for runs_ in per_draw):
+            curves.setdefault(group, {})[f"{lr:g}"] = pooled_interval(per_draw, CURVE_METRICS)
+    return curves
+
+
+def curves_plot(pooled: Mapping[str, Any]) -> bytes:
+    """The pooled trade-off front (:func:`forgetlab.report.plots.tradeoff_plot` of :func:`pooled_curves`)."""
+    from forgetlab.report.plots import tradeoff_plot
+
+    rows = {
+        f"{group}@{lr}": {"group": group, "method": group.split(".")[0], "lr": float(lr), "report": c["reported"],
+                          "point_ci": c["ci"]}
+        for group, by_lr in pooled.get("curves", {}).items()
+        for lr, c in by_lr.items()
+    }  # fmt: skip
+    originals = [pooled["originals"][s] for s in pooled["draws"]]
+    original = {k: sum(o[k] for o in originals) / len(originals) for k in CURVE_METRICS
+                if all(o.get(k) is not None for o in originals)}  # fmt: skip
+    return tradeoff_plot(rows, original if len(original) == len(CURVE_METRICS) else None)
 
 
 def pooled_claims(pooled: Mapping[str, Mapping[str, Any]], metrics: Sequence[str]) -> list[dict[str, Any]]:
@@ -184,6 +233,10 @@ def _cell(mean: float | None, ci: Sequence[float] | None) -> str:
     return f"{mean:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else f"{mean:.2f}"
 
 
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
 def draws_markdown(pooled: Mapping[str, Any]) -> str:
     """The pooled tables as Markdown: originals per draw, groups with intervals, claims, regimes."""
     draws = pooled["draws"]
@@ -202,13 +255,16 @@ def draws_markdown(pooled: Mapping[str, Any]) -> str:
             lines.append(f"| {role.removesuffix('s')} {what} | {cells} |")
     lines += [
         "",
-        "| group | chosen LR per draw | " + " | ".join(k.removesuffix("_acc").replace("_", " ") for k in SHOWN) + " |",
-        "|---|---|" + "---|" * len(SHOWN),
+        "| group | chosen LR per draw | "
+        + " | ".join(k.removesuffix("_acc").replace("_", " ") for k in SHOWN)
+        + " | utility at matched forgetting | Forget Quality | PrivLeak % |",
+        "|---|---|" + "---|" * (len(SHOWN) + 3),
     ]
     for label, g in sorted(pooled["groups"].items()):
         lrs = ", ".join(f"{g['per_draw'][s]['lr']:g}" for s in draws)
         cells = " | ".join(_cell(g["reported"].get(k), g["ci"].get(k)) for k in SHOWN)
-        lines.append(f"| {label} | {lrs} | {cells} |")
+        extra = " | ".join(_number(g.get(k)) for k in ("matched_utility", "forget_quality", "privleak"))
+        lines.append(f"| {label} | {lrs} | {cells} | {extra} |")
     lines += ["", "Claims the pooled intervals support (held alone in k of the draws):", ""]
     held = [c for c in pooled["claims"] if c["holds"]]
     lines += [f"- {c['claim']} ({c['held_in_draws']}/{c['draws']} draws)" for c in held] or ["- none"]
@@ -223,4 +279,4 @@ def draws_markdown(pooled: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["draw_folder", "draw_study", "pool_draws", "pooled_interval", "run_draws"]
+__all__ = ["curves_plot", "draw_folder", "draw_study", "pool_draws", "pooled_curves", "pooled_interval", "run_draws"]
