@@ -19,7 +19,7 @@ from forgetlab.cli import app
 from forgetlab.models.tiny import build_tiny_model, save_model
 from forgetlab.study import DEMO_STUDY, read_study
 from forgetlab.study.config import StudyConfig
-from forgetlab.verify.verdict import verdict
+from forgetlab.verify.verdict import Calibration, verdict
 
 ROOT = Path(__file__).parents[1]
 STUDIES = [ROOT / "configs" / "demo.yaml", *sorted((ROOT / "configs" / "paper").glob("*.yaml"))]
@@ -192,11 +192,19 @@ def _check_study(out: Path, sections: tuple[str, ...]) -> dict:
         assert set(m["relearn"]["recovery"]["headline"]) == {"relearned_people", "held_out_people"}
         assert m["mia"]["nonmembers"] and any("loss" in v for v in m["mia"].values() if isinstance(v, dict))
         assert len(m["probe"]["layers"]) == len(m["probe"]["cka"]) > 0
-        assert m["verdict"] == verdict(m["evidence"]).label  # the label follows from the recorded evidence
+        # the label follows from the recorded evidence and the study's leave-one-out calibration
+        cal = Calibration(**m["calibration"]) if m.get("calibration") else None
+        assert m["verdict"] == verdict(m["evidence"], cal).label
         on_disk = json.loads((out / "verify" / name / "verify.json").read_text())["value"]
-        assert VERIFY_KEYS <= on_disk.keys() and on_disk["verdict"] == m["verdict"]
+        assert VERIFY_KEYS <= on_disk.keys() and on_disk["evidence"] == m["evidence"]
+        assert {"quantization", "recovery_vqa", "control_floor", "agreement"} <= m.keys()
+        assert set(m["quantization"]) == {"8bit", "4bit"} and m["relearn"]["curve"]
+        for q in m["quantization"].values():
+            assert "recovered_share" in q and q["quantized"]["layers"] > 0
+    assert set(metrics["verification"]) >= {"agreement_rate", "compared", "agreeing"}
     page = (out / "report.html").read_text()
     for heading in ("Results", "Is the forgetting real?", "Relearning attack:", "Representations per layer",
+                    "Verification a skeptic accepts",
                     *sections):  # fmt: skip
         assert heading in page, heading
     _check_png_section(page)

@@ -6,7 +6,14 @@ import math
 
 import pytest
 
-from forgetlab.verify.verdict import evidence_from_probe, evidence_from_relearn, verdict
+from forgetlab.verify.verdict import (
+    Calibration,
+    evidence_from_forget_probe,
+    evidence_from_probe,
+    evidence_from_quantization,
+    evidence_from_relearn,
+    verdict,
+)
 
 RETAIN_OK = {"retain_vqa_acc": 0.75, "retain_qa_acc": 0.8, "orig_retain_vqa_acc": 0.8, "orig_retain_qa_acc": 0.8}
 RETAIN_LOST = RETAIN_OK | {"retain_qa_acc": 0.5}  # 0.5 / 0.8 = 0.625 < 0.7
@@ -22,15 +29,24 @@ RETAIN_LOST = RETAIN_OK | {"retain_qa_acc": 0.5}  # 0.5 / 0.8 = 0.625 < 0.7
         # relearning decides even when the representations look untouched
         ({"recovery_held_out": 0.2, "cka_median": 0.99, **RETAIN_OK}, "irreversible, not catastrophic", False, False,
          "recovery 0.20 < 0.5"),
-        # no recovery: the representations decide
-        ({"cka_median": 0.97, "cka_frac_below": 0.1, "pca_similarity": 0.95, **RETAIN_OK},
-         "reversible, not catastrophic", True, False, "representations intact"),
-        ({"cka_median": 0.97, **RETAIN_OK}, "reversible, not catastrophic", True, False, "median LLM CKA 0.970"),
-        ({"cka_median": 0.80, **RETAIN_OK}, "irreversible, not catastrophic", False, False, "representations moved"),
-        ({"cka_median": 0.97, "cka_frac_below": 0.5, **RETAIN_OK}, "irreversible, not catastrophic", False, False,
-         "50% of blocks below 0.9"),
-        ({"cka_median": 0.97, "pca_similarity": 0.3, **RETAIN_LOST}, "irreversible, catastrophic", False, True,
-         "PC1 similarity 0.30"),
+        # chance-corrected held-out VQA recovery with its interval: decides over the pooled headline
+        ({"recovery_vqa": 0.8, "recovery_vqa_lo": 0.6, "recovery_vqa_hi": 0.9, "recovery_held_out": 0.1, **RETAIN_OK},
+         "reversible, not catastrophic", True, False, "[0.60, 0.90] >= 0.5"),
+        ({"recovery_vqa": 0.2, "recovery_vqa_lo": 0.0, "recovery_vqa_hi": 0.4, **RETAIN_OK},
+         "irreversible, not catastrophic", False, False, "< 0.5"),
+        ({"recovery_vqa": 0.55, "recovery_vqa_lo": 0.2, "recovery_vqa_hi": 0.9, **RETAIN_OK},
+         "undetermined (within noise), not catastrophic", None, False, "straddles 0.5"),
+        # above the control floor: 0.8 - 0.4 = 0.4, interval [0.6, 0.85] - 0.4 = [0.2, 0.45] wholly below 0.5
+        ({"recovery_vqa": 0.8, "recovery_vqa_lo": 0.6, "recovery_vqa_hi": 0.85, "control_floor": 0.4, **RETAIN_OK},
+         "irreversible, not catastrophic", False, False, "control floor 0.40"),
+        # quantization restoring the forgotten accuracy is reversal, even when relearning is not
+        ({"recovery_vqa": 0.1, "recovery_vqa_lo": 0.0, "recovery_vqa_hi": 0.2, "quant_recovered": 0.7,
+          "quant_scheme": "4bit", **RETAIN_OK}, "reversible, not catastrophic", True, False, "4bit restored 0.70"),
+        ({"quant_recovered": 0.9, "quant_scheme": "4bit", **RETAIN_OK}, "reversible, not catastrophic", True, False,
+         "no relearning recovery"),
+        # without a calibration the representations give no label
+        ({"cka_median": 0.97, **RETAIN_OK}, "reversibility undetermined (missing recovery_vqa, recovery_held_out and "
+         "a calibrated cka_median), not catastrophic", None, False, "no calibrated representation"),
         # nothing forgotten: reversibility is moot, whatever the recovery says
         ({"forget_drop": 0.02, "recovery_held_out": 0.9, **RETAIN_OK}, "nothing forgotten, not catastrophic", None,
          False, "dropped by 0.020"),
@@ -94,3 +110,41 @@ def test_evidence_from_relearn_summary() -> None:
         "orig_retain_vqa_acc": 0.8, "orig_retain_qa_acc": 0.7,
     }  # fmt: skip
     assert verdict(ev).label == "irreversible, catastrophic"
+
+
+CAL = Calibration(threshold=0.9, how="test")
+
+
+@pytest.mark.parametrize(
+    ("evidence", "label", "representation", "agreement"),
+    [
+        # no behavioural evidence: the calibrated representation threshold decides
+        ({"cka_median": 0.97, **RETAIN_OK}, "reversible, not catastrophic", True, None),
+        ({"cka_median": 0.80, **RETAIN_OK}, "irreversible, not catastrophic", False, None),
+        # both kinds: behaviour decides, agreement says whether the representations tell the same
+        ({"recovery_held_out": 0.8, "cka_median": 0.97, **RETAIN_OK}, "reversible, not catastrophic", True, True),
+        ({"recovery_held_out": 0.1, "cka_median": 0.97, **RETAIN_OK}, "irreversible, not catastrophic", True, False),
+        # within noise: no behavioural label, so no agreement either
+        ({"recovery_vqa": 0.5, "recovery_vqa_lo": 0.1, "recovery_vqa_hi": 0.9, "cka_median": 0.5, **RETAIN_OK},
+         "undetermined (within noise), not catastrophic", False, None),
+    ],
+)  # fmt: skip
+def test_calibrated_representation_and_agreement(evidence, label, representation, agreement) -> None:
+    v = verdict(evidence, CAL)
+    assert (v.label, v.representation, v.agreement) == (label, representation, agreement)
+    assert "0.900 (test)" in v.rule
+    assert verdict(evidence).representation is None and verdict(evidence).agreement is None
+
+
+def test_evidence_from_quantization_and_forget_probe() -> None:
+    quant = {"8bit": {"recovered_share": 0.1}, "4bit": {"recovered_share": 0.6}, "nf4": {"recovered_share": None}}
+    assert evidence_from_quantization(quant) == {"quant_recovered": 0.6, "quant_scheme": "4bit"}
+    assert evidence_from_quantization(None) == {"quant_recovered": None, "quant_scheme": None}
+    entry = {"layers": ["language.0", "language.1"], "cka": [0.5, 0.7], "pca_similarity": [1.0, 1.0]}
+    other = {"layers": ["language.0", "language.1"], "cka": [0.9, 0.9], "pca_similarity": [1.0, 1.0]}
+    ev = evidence_from_forget_probe({"forget_vqa": {"unlearned": entry}, "forget_qa": {"unlearned": other}})
+    assert ev["cka_median"] == pytest.approx(0.6) and ev["qa_cka_median"] == pytest.approx(0.9)
+    assert ev["probe_group"] == "forget_vqa"
+    text_only = evidence_from_forget_probe({"forget_qa": {"unlearned": other}})  # TOFU: QA items only
+    assert text_only["cka_median"] == pytest.approx(0.9) and text_only["probe_group"] == "forget_qa"
+    assert evidence_from_forget_probe({})["cka_median"] is None

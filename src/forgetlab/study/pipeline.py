@@ -58,7 +58,8 @@ from forgetlab.study.sweep import (
     sweep_group,
     with_choice,
 )
-from forgetlab.verify.assess import VERIFY_KEYS, VerifySettings, verify_baseline, verify_model
+from forgetlab.verify.assess import VERIFY_KEYS, VerifySettings, verify_baseline, verify_control, verify_model
+from forgetlab.verify.calibrate import recalibrate
 
 
 @dataclass(frozen=True)
@@ -253,10 +254,16 @@ def regime_job(study: StudyConfig, regime: RegimeSpec, out: Path, ref: DataRef, 
     return metrics | about
 
 
-def baseline_job(out: Path, ref: DataRef, original: Path, settings: VerifySettings) -> dict:
-    """The original's verification baselines (memoised): its view of the attack and its MIA AUCs."""
+def baseline_job(out: Path, ref: DataRef, original: Path, settings: VerifySettings, gold: Path | None = None) -> dict:
+    """The original's verification baselines (memoised): its view of the attack and its MIA AUCs; with the
+    retrained model, the same relearning attack on it once (``control``: the floor of every verified
+    model's held-out recovery, memoised in ``verify/control``)."""
     key = model_key(original) | {"settings": settings.model_dump(mode="json"), "data": ref.key()}
-    return memo(out / "cache" / "original_verify.json", key, lambda: verify_baseline(original, ref.load(), settings))
+    base = memo(out / "cache" / "original_verify.json", key, lambda: verify_baseline(original, ref.load(), settings))
+    if gold is None:
+        return base | {"control": None}
+    control = verify_control(original, gold, ref.load(), out / "verify" / "control", settings, base)
+    return base | {"control": control}
 
 
 def verify_job(out: Path, ref: DataRef, original: Path, name: str, path: Path, settings: VerifySettings,
@@ -339,7 +346,7 @@ def run_study(study: StudyConfig, out: Path, console: Console | None = None) -> 
     jobs |= {f"grid {g.label}": (grid_job, (study, g, original, ref, models_dir)) for g in first_jobs}
     if verify:
         jobs |= {name: (regime_job, (study, r, out, ref, original)) for name, r in regimes.items()}
-        jobs["baseline"] = (baseline_job, (out, ref, original, v.settings()))
+        jobs["baseline"] = (baseline_job, (out, ref, original, v.settings(), gold))
     grids: dict[str, dict] = {}
     extra_seeds: dict[str, dict] = {}
     unlearning = {k for k in jobs if k.startswith("grid ")} | set(regimes)
@@ -426,7 +433,9 @@ def run_study(study: StudyConfig, out: Path, console: Console | None = None) -> 
         models["original"]["mia"] = done["baseline"]["mia"]
         for name in (k.removeprefix("verify ") for k in done if k.startswith("verify ")):
             row = models[name] if name in models else regime_rows[name]
-            row |= {k: done[f"verify {name}"][k] for k in VERIFY_KEYS}
+            row |= {k: done[f"verify {name}"].get(k) for k in VERIFY_KEYS}
+        # the representation threshold calibrated leave-one-out over the verified models' behaviour
+        verification = recalibrate({k: r for k, r in (models | regime_rows).items() if "evidence" in r})
         for row in regime_rows.values():  # the measured reversibility against what the source paper reports
             if "verdict" in row:
                 row["as_expected"] = row["verdict"].split(",")[0] == row["expected"].split(",")[0]
@@ -461,6 +470,7 @@ def run_study(study: StudyConfig, out: Path, console: Console | None = None) -> 
         "models": models,
         "claims": compare.claims(chosen_runs, claim_metrics),
         "regimes": regime_rows,
+        "verification": verification if verify else None,
         "seconds": round(time.time() - t0, 1),
         "stage_seconds": dict(timings),  # this invocation's wall time per stage (a cached stage costs ~0)
     }

@@ -30,7 +30,8 @@ from forgetlab.report.plots import depth_plot, relearning_plot, tradeoff_plot
 from forgetlab.study.config import StudyConfig
 
 #: the verification's headline numbers, after the accuracies
-VERIFY_COLUMNS = (("mia_auc", "MIA AUC (LOSS)"), ("recovery_held_out", "Recovery, held-out"), ("verdict", "Verdict"))
+VERIFY_COLUMNS = (("mia_auc", "MIA AUC (LOSS)"), ("recovery_held_out", "Recovery, held-out"),
+                  ("recovery_vqa_value", "Recovery VQA, held-out"), ("verdict", "Verdict"))  # fmt: skip
 
 
 def _columns(layout: str) -> tuple[tuple[str, str], ...]:
@@ -44,7 +45,8 @@ def _with_verification(models: dict[str, dict]) -> dict[str, dict]:
         mia = m.get("mia") or {}
         auc = (mia.get("vqa") or mia.get("qa") or {}).get("loss")
         recovery = ((m.get("relearn") or {}).get("recovery") or {}).get("headline", {}).get("held_out_people")
-        rows[name] = m | {"mia_auc": auc, "recovery_held_out": recovery}
+        vqa = (m.get("recovery_vqa") or {}).get("value") if isinstance(m.get("recovery_vqa"), dict) else None
+        rows[name] = m | {"mia_auc": auc, "recovery_held_out": recovery, "recovery_vqa_value": vqa}
     return rows
 
 
@@ -107,11 +109,17 @@ def write_report(study: StudyConfig, out: Path, data: BenchmarkData, metrics: di
         report.add(
             "Is the forgetting real? Relearning attack, representations, membership inference, verdict",
             verdict_table(verified)
-            + f"<p class='muted'>Relearning: {study.verify.relearn.epochs} epoch(s) of fine-tuning on "
+            + f"<p class='muted'>Relearning: {study.verify.relearn.epochs} to {study.verify.relearn.max_epochs} "
+            f"epoch(s) of fine-tuning (until they are back) on "
             f"{study.verify.relearn.fraction:.0%} of the forgotten people; recovery = (relearned − unlearned) / "
             "(original − unlearned), on the relearned and on the held-out people. CKA: debiased linear CKA to "
             "the original over the LLM blocks. Hover a verdict for the rule.</p>",
         )
+        report.add(
+            "Verification a skeptic accepts: held-out VQA recovery, control floor, quantization, agreement",
+            skeptic_table(verified | {r["title"]: r for r in regimes.values() if "verdict" in r},
+                          metrics.get("verification")),
+        )  # fmt: skip
         stages = {k: _relearn_stages(out, k) for k in [*verified, *regimes]}
         key = "forget_vqa_acc" if layout != "tofu" else "forget_prob"
         report.add(
@@ -152,6 +160,53 @@ def write_report(study: StudyConfig, out: Path, data: BenchmarkData, metrics: di
             + "<p class='muted'>(relearned) / (held out): whether the relearning attack trained on this person.</p>",
         )
     report.write(out / "report.html")
+
+
+# --------------------------------------------------------------------------- the skeptic's table
+
+
+def _interval(entry: dict | None) -> str:
+    if not entry or entry.get("value") is None:
+        return "–"
+    ci = entry.get("ci")
+    return f"{entry['value']:.2f}" + (f" <span class='muted'>[{ci[0]:.2f}, {ci[1]:.2f}]</span>" if ci else "")
+
+
+def _label(value: bool | None) -> str:
+    return {True: "reversible", False: "irreversible", None: "–"}[value]
+
+
+def skeptic_table(models: dict[str, dict], verification: dict | None) -> str:
+    """Per verified model: chance-corrected held-out VQA recovery [95% CI over people], the control floor,
+    recovery above it, the relearning epochs, quantization's recovered shares, both labels and agreement."""
+    head = ["model", "recovery VQA, held-out", "control floor", "above floor", "epochs", "8-bit recovered",
+            "4-bit recovered", "behaviour", "representation", "agreement"]  # fmt: skip
+    lines = ["<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr>"]
+    for name, m in models.items():
+        quant = m.get("quantization") or {}
+        cal = m.get("calibration") or {}
+        rep = _label(m.get("representation")) + (f" (CKA &ge; {cal['threshold']:.3f})" if cal else "")
+        cells = [_interval(m.get("recovery_vqa")), fmt(m.get("control_floor")),
+                 _interval(m.get("recovery_vqa_above_floor")), fmt((m.get("relearn") or {}).get("epochs_run")),
+                 fmt((quant.get("8bit") or {}).get("recovered_share")),
+                 fmt((quant.get("4bit") or {}).get("recovered_share")), _label(m.get("behaviour")), rep,
+                 {True: "yes", False: "<b>no</b>", None: "–"}[m.get("agreement")]]  # fmt: skip
+        lines.append(f"<tr><th>{esc(name)}</th>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    lines.append("</table>")
+    rate = (verification or {}).get("agreement_rate")
+    summary = (f"Behaviour and representations agree on {verification['agreeing']} of {verification['compared']} "
+               f"models ({rate:.0%})." if rate is not None else "No model has both a behavioural and a calibrated "
+               "representational label, so agreement is not measured.")  # fmt: skip
+    return "".join(lines) + (
+        f"<p class='muted'>{summary} Recovery VQA: (max(relearned, chance) − max(unlearned, chance)) / "
+        "(max(original, chance) − max(unlearned, chance)) on the held-out people's forget VQA, 95% bootstrap "
+        "interval over those people; the attack trains until the relearned people are back within "
+        "0.05 of the original (or its epoch budget runs out). Control floor: the same attack's held-out recovery "
+        "on the retrained model, which never saw the forget people. Quantization: share of the forgotten "
+        "forget-VQA accuracy restored by 8-/4-bit round-to-nearest weights. Representation: median LLM-block CKA "
+        "(text-pooled, forget VQA items) against a threshold calibrated leave-one-out on the other models' "
+        "behaviour.</p>"
+    )
 
 
 # --------------------------------------------------------------------------- the fair comparison

@@ -8,5 +8,9 @@
 * :mod:`forgetlab.verify.continual` — N sequential unlearning requests with metrics after each
   (``forgetlab continual``);
 * :mod:`forgetlab.verify.verdict` — reversible / irreversible × catastrophic / not, from the
-  relearning and representation evidence.
+  behavioural (relearning, quantization) and representation evidence;
+* :mod:`forgetlab.verify.heldout` — chance-corrected held-out forget-VQA recovery with a bootstrap CI;
+* :mod:`forgetlab.verify.decisive` — the relearning attack run until the relearned people are back;
+* :mod:`forgetlab.verify.quantize` — the quantization attack;
+* :mod:`forgetlab.verify.calibrate` — representation thresholds calibrated leave-one-out, agreement.
 """

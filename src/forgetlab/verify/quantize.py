@@ -230,3 +230,67 @@ def quantization_attack(
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     return results
+
+
+def pooled_forget(view: Mapping[str, Any], metric: str) -> float | None:
+    """``metric`` over both halves of a relearning view: weighted by the halves' question counts
+    (``*_n``) when both are known, else their plain mean (TOFU)."""
+    from forgetlab.verify.relearn import HALVES
+
+    values = [view[h].get(metric) for h in HALVES]
+    if any(v is None for v in values):
+        return None
+    counts = [view[h].get(metric.removesuffix("_acc") + "_n") for h in HALVES]
+    if all(isinstance(c, int) and c > 0 for c in counts):
+        return sum(v * c for v, c in zip(values, counts, strict=True)) / sum(counts)  # type: ignore[misc]
+    return sum(values) / len(values)  # type: ignore[arg-type]
+
+
+def flat_view(view: Mapping[str, Any], benchmark: str) -> dict[str, float | None]:
+    """A relearning view's forget metrics pooled over both halves, and its retain metrics, as one flat dict."""
+    from forgetlab.verify.relearn import RELEARN_METRICS
+
+    forget, retain = RELEARN_METRICS[benchmark]
+    return {m: pooled_forget(view, m) for m in forget} | {m: view["retain"].get(m) for m in retain}
+
+
+def quantization_check(
+    model_dir: Path,
+    data: Any,
+    people: Mapping[str, Sequence[str]],
+    original_view: Mapping[str, Any],
+    unlearned_view: Mapping[str, Any],
+    schemes: Sequence[str] = ("8bit", "4bit"),
+) -> dict[str, dict[str, Any]]:
+    """The quantization attack on an unlearned model, as ``verify.json`` reports it.
+
+    Each scheme's quantized model is evaluated like the relearning attack's models
+    (:func:`forgetlab.verify.relearn.evaluate_halves`, all forget people); per scheme::
+
+        {"forget_vqa_acc", "forget_qa_acc", "test_vqa_acc", "retain_vqa_acc", "retain_qa_acc"  (those the
+         benchmark has), "original": {...}, "unlearned": {...}, "recovered_share", "per_metric", "quantized"}
+
+    ``recovered_share`` is :func:`recovered_share` of the benchmark's first forget metric (forget VQA;
+    TOFU: forget probability) from the original, unlearned and quantized values; ``per_metric`` has it for
+    every forget metric; ``quantized`` is :func:`quantize_model`'s summary.
+    """
+    from forgetlab.verify.relearn import RELEARN_METRICS, evaluate_halves
+
+    benchmark = data.name
+    forget = RELEARN_METRICS[benchmark][0]
+    orig, unl = flat_view(original_view, benchmark), flat_view(unlearned_view, benchmark)
+    runs = quantization_attack(
+        model_dir, data, schemes, evaluate=lambda m, p: flat_view(evaluate_halves(m, p, data, people), benchmark)
+    )
+    out: dict[str, dict[str, Any]] = {}
+    for scheme, run in runs.items():
+        q = dict(run["metrics"])
+        per_metric = {m: recovered_share(orig.get(m), unl.get(m), q.get(m)) for m in forget}
+        out[scheme] = q | {
+            "original": orig,
+            "unlearned": unl,
+            "recovered_share": per_metric[forget[0]],
+            "per_metric": per_metric,
+            "quantized": run["summary"],
+        }
+    return out

@@ -55,6 +55,8 @@ RELEARN_METRICS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "clear": (("forget_vqa_acc",), ("retain_vqa_acc",)),
     "tofu": (("forget_prob", "forget_rougeL_recall"), ("retain_prob", "retain_rougeL_recall")),
 }
+#: a view's per-person tallies (``{"forget_vqa": {person: [hits, questions]}}``), not a metric part.
+BY_PERSON = "by_person"
 #: the evaluation sets the attack needs (those a benchmark has).
 EVAL_SETS: tuple[str, ...] = ("forget", "test", "retain")
 
@@ -279,7 +281,61 @@ def halves_from(
     out["retain"] = {k: metrics.get(k) for k in retain} | {
         k.removesuffix("_acc") + "_n": metrics.get(k.removesuffix("_acc") + "_n") for k in retain if k.endswith("_acc")
     }
+    if benchmark != "tofu":  # per-person forget-VQA tallies: the held-out recovery's interval resamples people
+        from forgetlab.verify.heldout import tally
+
+        wanted = {p for h in HALVES for p in people[h]}
+        out[BY_PERSON] = {"forget_vqa": {p: t for p, t in tally(rows).items() if p in wanted}}
     return out
+
+
+def held_out_recovery(
+    data: BenchmarkData, original: Metrics, unlearned: Metrics, relearned: Metrics, *, seed: int = 0
+) -> dict[str, Any] | None:
+    """:func:`forgetlab.verify.heldout.recovery_vqa` of the held-out half from three views (None when a view
+    lacks the per-person forget-VQA tallies, e.g. on TOFU or for a view computed elsewhere)."""
+    from forgetlab.verify.heldout import chance_level, recovery_vqa
+
+    tallies = [(v.get(BY_PERSON) or {}).get("forget_vqa") for v in (original, unlearned, relearned)]
+    held_out = list(original["people"]["held_out_people"]) if "people" in original else []
+    if any(t is None for t in tallies) or not held_out:
+        return None
+    chance = chance_level(data, held_out)
+    if chance is None:
+        return None
+    return recovery_vqa(*tallies, held_out, chance, seed=seed)  # type: ignore[misc]
+
+
+def _decisive(
+    recipe: Any,
+    processor: Any,
+    data: BenchmarkData,
+    people: Mapping[str, Sequence[str]],
+    original_view: Metrics,
+    unlearned_view: Metrics,
+    curve: list[dict[str, Any]],
+    *,
+    min_epochs: int,
+    target_gap: float,
+    progress: Callable[[str, int, int], None] | None,
+) -> int:
+    """Train ``recipe`` epoch by epoch until the relearned half is back (:mod:`forgetlab.verify.decisive`);
+    fills ``curve``; returns the epochs run."""
+    from forgetlab.verify.decisive import back_to_original, curve_point, forget_halves, primary_metric, train_until
+    from forgetlab.verify.heldout import chance_level
+
+    metric = primary_metric(data.name)
+    target = original_view["relearned_people"].get(metric)
+    chance = chance_level(data, people["held_out_people"]) if data.name != "tofu" else None
+    tallies = [(v.get(BY_PERSON) or {}).get("forget_vqa") or {} for v in (original_view, unlearned_view)]
+
+    def after_epoch(epoch: int, steps: int) -> bool:
+        model = recipe.accelerator.unwrap_model(recipe.model)
+        now = forget_halves(model, processor, data, people)
+        curve.append(curve_point(epoch, steps, now, *tallies, people["held_out_people"], chance))
+        return back_to_original(now["relearned_people"], target, target_gap)
+
+    return train_until(recipe, after_epoch, min_epochs=min_epochs, progress=progress)
 
 
 def _check_view(view: Mapping[str, Any], people: Mapping[str, list[str]], what: str) -> None:
@@ -333,6 +389,8 @@ def relearn(
     batch_size: int = 8,
     save_model: bool = False,
     progress: Callable[[str, int, int], None] | None = None,
+    max_epochs: int | None = None,
+    target_gap: float = 0.05,
 ) -> dict[str, Any]:
     """Relearn from the unlearned model, evaluate both halves, write ``out/relearn.json`` (atomically).
 
@@ -349,10 +407,17 @@ def relearn(
         modality: training samples used: ``vqa``, ``qa`` or ``both`` (default :func:`default_modality`).
         save_model: also save the relearned model to ``out/model``.
         progress: ``(stage, done, total)`` callback of the training loop.
+        max_epochs: the decisive attack (:mod:`forgetlab.verify.decisive`): train up to ``max_epochs``
+            (at least ``epochs``), evaluating the forget halves after each epoch and stopping once the
+            relearned half's forget metric is within ``target_gap`` of the original's. ``None``: exactly
+            ``epochs`` epochs, no per-epoch evaluation.
+        target_gap: the stopping rule's tolerance.
 
     Returns:
         The summary written to ``relearn.json``: config, people, training info, ``metrics``
-        (original / unlearned / relearned, each per half and retain), ``forgotten`` and ``recovery``.
+        (original / unlearned / relearned, each per half and retain), ``forgotten``, ``recovery``,
+        ``recovery_vqa`` (:func:`forgetlab.verify.heldout.recovery_vqa`; None without forget-VQA tallies),
+        ``curve`` (one point per epoch of the decisive attack, else ``[]``) and ``epochs_run``.
     """
     from forgetlab.models.load import load
     from forgetlab.train.unlearn import UnlearnConfig, UnlearnRecipe, check_output_dir
@@ -367,11 +432,15 @@ def relearn(
         raise ValueError("give the original model (original=PATH) or its view (original_view=...)")
     if out.exists() and not out.is_dir():
         raise ValueError(f"output {out} exists and is not a folder")
+    if max_epochs is not None and max_epochs < epochs:
+        raise ValueError(f"max_epochs={max_epochs} is below epochs={epochs} (the attack's minimum)")
+    if not 0 <= target_gap < 1:
+        raise ValueError(f"target_gap must be in [0, 1), got {target_gap}")
     if save_model:
         check_output_dir(out / "model")  # before training, not after
     ratio = data.forget_percent if data.name == "mllmu" else 10
     config = UnlearnConfig(
-        method="relearn", forget_ratio=ratio, lr=lr, epochs=epochs, seed=seed, batch_size=batch_size,
+        method="relearn", forget_ratio=ratio, lr=lr, epochs=max_epochs or epochs, seed=seed, batch_size=batch_size,
         forget_modality=modality,  # type: ignore[arg-type]
     )  # fmt: skip
     people = split_people(forget_people(data), fraction, seed)
@@ -392,7 +461,13 @@ def relearn(
         unlearned_view = evaluate_halves(model, processor, data, people)
     recipe = UnlearnRecipe(config)
     recipe.setup(model, processor, train, [])
-    recipe.train(progress)
+    curve: list[dict[str, Any]] = []
+    if max_epochs is None:
+        recipe.train(progress)
+        epochs_run = epochs
+    else:
+        epochs_run = _decisive(recipe, processor, data, people, original_view, unlearned_view, curve,
+                               min_epochs=epochs, target_gap=target_gap, progress=progress)  # fmt: skip
     trained = recipe.accelerator.unwrap_model(recipe.model)
     relearned_view = evaluate_halves(trained, processor, data, people)
 
@@ -405,7 +480,7 @@ def relearn(
         "config": {
             "forget_percent": data.forget_percent, "fraction": fraction, "source": source, "lr": lr,
             "epochs": epochs, "seed": seed, "modality": modality, "batch_size": batch_size,
-            "min_forgotten": MIN_FORGOTTEN,
+            "min_forgotten": MIN_FORGOTTEN, "max_epochs": max_epochs, "target_gap": target_gap,
         },
         "people": people,
         "train": {
@@ -415,9 +490,12 @@ def relearn(
             "last_nll": recipe.log[-1].get("forget_nll") if recipe.log else None,
             "seconds": recipe.timings.get("train_s"),
         },
-        "metrics": {k: {p: v for p, v in m.items() if p != "people"} for k, m in views.items()},
+        "metrics": {k: {p: v for p, v in m.items() if p not in ("people", BY_PERSON)} for k, m in views.items()},
         "forgotten": forgotten(original_view, unlearned_view),
         "recovery": recoveries(original_view, unlearned_view, relearned_view),
+        "recovery_vqa": held_out_recovery(data, original_view, unlearned_view, relearned_view, seed=seed),
+        "curve": curve,
+        "epochs_run": epochs_run,
     }  # fmt: skip
     if save_model:
         recipe.save(out / "model", model=str(unlearned), data=str(data.root), relearn=summary["config"])
@@ -444,6 +522,13 @@ def relearn_command(
         str | None, typer.Option(help="training samples: vqa, qa or both (default vqa; qa on TOFU)")
     ] = None,
     save_model: Annotated[bool, typer.Option(help="also save the relearned model to OUT/model")] = False,
+    max_epochs: Annotated[
+        int | None,
+        typer.Option(
+            help="decisive attack: up to this many epochs, stopping once the relearned "
+            "people's forget accuracy is back within 0.05 of the original's"
+        ),
+    ] = None,
 ) -> None:
     """Relearning attack: fine-tune on part of the forgotten people, measure recovery on the held-out rest."""
     from forgetlab.benchmarks import load_benchmark
@@ -454,7 +539,7 @@ def relearn_command(
         bench = load_benchmark(benchmark, data, forget_ratio, generation=False)
         summary = relearn(
             model, bench, out, original=original, fraction=fraction, source=source, lr=lr,
-            epochs=epochs, seed=seed, modality=modality, save_model=save_model, progress=update,
+            epochs=epochs, seed=seed, modality=modality, save_model=save_model, progress=update, max_epochs=max_epochs,
         )  # fmt: skip
     _print_summary(summary)
     typer.echo(f"wrote {out / 'relearn.json'}", err=True)
