@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from demo_plans import set_args, write_toy_study
 from forgetlab.cli import app
 from forgetlab.masks import Mask
-from forgetlab.verify.verdict import verdict
+from forgetlab.verify.verdict import Calibration, verdict
 
 runner = CliRunner()
 
@@ -22,6 +22,11 @@ def _demo(out: Path) -> dict:
     result = runner.invoke(app, ["demo", "--out", str(out), *set_args()])
     assert result.exit_code == 0, result.output
     return json.loads((out / "metrics.json").read_text())
+
+
+def judged(m: dict) -> str:
+    """The verdict the rule gives on a model's recorded evidence and the study's calibration of it."""
+    return verdict(m["evidence"], Calibration(**m["calibration"]) if m.get("calibration") else None).label
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +73,7 @@ def test_metrics_have_every_model_and_verification_key(demo) -> None:
         assert set(m["relearn"]["recovery"]["headline"]) == {"relearned_people", "held_out_people"}
         assert {"loss", "zlib", "mink", "minkpp"} <= m["mia"]["vqa"].keys()
         assert len(m["probe"]["layers"]) == len(m["probe"]["cka"]) == len(m["probe"]["pca_shift"]) > 0
-        assert m["verdict"] == verdict(m["evidence"]).label  # the label is the rule applied to the recorded evidence
+        assert m["verdict"] == judged(m)  # the label is the rule applied to the recorded evidence
         held = m["relearn"]["recovery"]["headline"]["held_out_people"]
         assert m["evidence"]["recovery_held_out"] == held
     for run in (ga, mmu):  # log_with tensorboard: event files beside the JSONL log
@@ -76,7 +81,7 @@ def test_metrics_have_every_model_and_verification_key(demo) -> None:
     regimes = metrics["regimes"]
     assert set(regimes) == {"single", "continual"}
     for r in regimes.values():
-        assert r["requests"] in (1, 2) and r["verdict"] == verdict(r["evidence"]).label
+        assert r["requests"] in (1, 2) and r["verdict"] == judged(r)
         assert r["as_expected"] == (r["verdict"].split(",")[0] == r["expected"].split(",")[0])
 
 

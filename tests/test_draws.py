@@ -30,7 +30,10 @@ def fake_draw(out: Path, seed: int, accs: dict[str, float]) -> dict:
         models[name] = {"chosen": True, "group": group, "method": group.split(".")[0], "arm": "retain", "lr": 1e-4,
                         "nomask": False, "seed_runs": [f"{name}-s1"], "matched_utility": acc + seed / 10}  # fmt: skip
     models["original"] = {"test_vqa_acc": 0.9}
-    return {"models": models, "claims": [], "regimes": {}}
+    write_jsonl(out / f"seed-{seed}" / "models" / "regime-one-low-lr" / "eval_rows.jsonl", answers(1.0))
+    regime = {"verdict": "reversible, catastrophic", "expected": "reversible", "forget_vqa_acc": 0.5,
+              "recovery_vqa": {"value": 0.6 + seed / 10, "ci": [0.4, 0.9]}}  # fmt: skip
+    return {"models": models, "claims": [], "regimes": {"regime-one-low-lr": regime}}
 
 
 def test_pooled_interval_spans_the_draws_report_part() -> None:
@@ -62,6 +65,10 @@ def test_pool_draws_claims_and_markdown(tmp_path: Path) -> None:
     assert point["reported"]["forget_vqa_acc"] == 0.0 and point["ci"]["forget_vqa_acc"] == [0.0, 0.0]
     text = draws_markdown(pooled)
     assert "| mmunlearner.retain | 0.0001, 0.0001 | 1.00 [1.00, 1.00]" in text and "| 1.05 |" in text
+    # a regime of every draw: accuracies pooled over the draws' people, the mean of the draws' recoveries
+    regime = pooled["regimes_pooled"]["regime-one-low-lr"]
+    assert regime["reported"]["forget_vqa_acc"] == 1.0 and regime["recovery_vqa_mean"] == pytest.approx(0.65)
+    assert "| regime-one-low-lr | reversible, catastrophic; recovery 0.60 [0.40, 0.90] |" in text
     assert curves_plot(pooled)[:4] == b"\x89PNG"
     json.dumps(pooled)  # what run_draws writes
 

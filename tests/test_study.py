@@ -87,7 +87,11 @@ def test_the_demo_study_is_packaged_and_is_configs_demo() -> None:
     assert (ROOT / "configs" / "demo.yaml").resolve().read_text() == DEMO_STUDY.read_text()
     demo = read_study(DEMO_STUDY)
     assert {r.method for r in demo.runs} == {"ga", "ga_diff", "npo", "salun", "mmunlearner"}
-    assert demo.verify.enabled and len(demo.verify.regimes) == 2
+    assert demo.verify.enabled
+    # the regimes as a 2x2 grid: {one, 10 sequential requests} x {low, high LR}, at equal total steps
+    cells = {(r.requests, r.lr) for r in demo.verify.regimes}
+    assert len(cells) == 4 == len({r for r, _ in cells}) * len({lr for _, lr in cells})
+    assert len({r.schedule.get("epochs") for r in demo.verify.regimes}) == 1
 
 
 def test_the_demo_study_is_a_fair_comparison() -> None:

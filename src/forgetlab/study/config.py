@@ -124,12 +124,18 @@ class Selection(_Section):
     equal_budget: bool = Field(True, description="require the same number of learning rates for every method")
 
 
+#: a regime's ``expected`` when the source paper reports nothing for it (a cell it did not run)
+NOT_REPORTED = "not reported"
+
+
 class RegimeSpec(_Section):
     """A reference unlearning regime (MLLMU-Bench layouts): a method, LR and number of sequential requests."""
 
     name: str
     title: str
-    expected: str = Field(description="what the source paper reports for it")
+    expected: str = Field(
+        NOT_REPORTED, description=f"what the source paper reports for it ('{NOT_REPORTED}': compared with nothing)"
+    )
     method: str = "ga"
     lr: float = Field(gt=0)
     requests: int = Field(1, ge=1)

@@ -45,7 +45,7 @@ from forgetlab.manifest import RunManifest
 from forgetlab.parallel import default_workers, run_jobs, worker_pool
 from forgetlab.progress import progress_bar
 from forgetlab.study import compare
-from forgetlab.study.config import EvalSpec, RegimeSpec, StudyConfig
+from forgetlab.study.config import NOT_REPORTED, EvalSpec, RegimeSpec, StudyConfig
 from forgetlab.study.sweep import ROW_KEYS as ROWS_KEYS
 from forgetlab.study.sweep import (
     ROWS,
@@ -245,10 +245,14 @@ def regime_job(study: StudyConfig, regime: RegimeSpec, out: Path, ref: DataRef, 
 
     def compute() -> dict:
         model, processor = load_for_eval(path)
-        return evaluate_benchmark(ref.load(), model, processor, **study.eval.settings() | {"generation": False})[0]
+        settings = study.eval.settings() | {"generation": False}
+        metrics, rows = evaluate_benchmark(ref.load(), model, processor, **settings)
+        return {"metrics": metrics, "rows": rows}
 
-    key = model_key(path) | {"eval": study.eval.model_dump(), "data": ref.key()}
-    metrics = memo(out / "cache" / f"{regime.name}_eval.json", key, compute)
+    key = model_key(path) | {"eval": study.eval.model_dump(), "data": ref.key(), "kept": "metrics and rows"}
+    result = memo(out / "cache" / f"{regime.name}_eval.json", key, compute)
+    write_jsonl(out / "models" / regime.name / ROWS, result["rows"])  # its answers: intervals over people
+    metrics = result["metrics"]
     about = {"method": regime.method, "lr": regime.lr, "requests": regime.requests, "title": regime.title,
              "expected": regime.expected, "path": str(path.relative_to(out))}  # fmt: skip
     return metrics | about
@@ -437,7 +441,7 @@ def run_study(study: StudyConfig, out: Path, console: Console | None = None) -> 
         # the representation threshold calibrated leave-one-out over the verified models' behaviour
         verification = recalibrate({k: r for k, r in (models | regime_rows).items() if "evidence" in r})
         for row in regime_rows.values():  # the measured reversibility against what the source paper reports
-            if "verdict" in row:
+            if "verdict" in row and row["expected"] != NOT_REPORTED:
                 row["as_expected"] = row["verdict"].split(",")[0] == row["expected"].split(",")[0]
         lap("verify")
     if gold_eval is not None:

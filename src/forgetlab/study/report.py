@@ -33,6 +33,9 @@ from forgetlab.study.config import StudyConfig
 VERIFY_COLUMNS = (("mia_auc", "MIA AUC (LOSS)"), ("recovery_held_out", "Recovery, held-out"),
                   ("recovery_vqa_value", "Recovery VQA, held-out"), ("verdict", "Verdict"))  # fmt: skip
 
+#: a regime's measured verdict against the source paper's (None: the paper reports nothing for it)
+_AS_EXPECTED = {True: "as expected", False: "<b>not as expected</b>", None: "no expectation"}
+
 
 def _columns(layout: str) -> tuple[tuple[str, str], ...]:
     return MAIN_COLUMNS if layout == "mllmu" else COLUMNS[layout]
@@ -139,7 +142,7 @@ def write_report(study: StudyConfig, out: Path, data: BenchmarkData, metrics: di
             verdict_table(rows)
             + "<p class='muted'>Expected (source paper) against measured: "
             + "; ".join(f"{esc(r['title'])}: expected {esc(r['expected'])}, measured {esc(r.get('verdict'))} — "
-                        + ("as expected" if r.get("as_expected") else "<b>not as expected</b>")
+                        + _AS_EXPECTED[r.get("as_expected")]
                         for r in regimes.values())
             + "</p>"
             + figure(depth_plot({r["title"]: r["probe"] for r in regimes.values()}, "regimes vs the original model"),
