@@ -86,7 +86,7 @@ def test_the_demo_study_is_packaged_and_is_configs_demo() -> None:
     assert DEMO_STUDY.is_file() and DEMO_STUDY.parent.name == "study"
     assert (ROOT / "configs" / "demo.yaml").resolve().read_text() == DEMO_STUDY.read_text()
     demo = read_study(DEMO_STUDY)
-    assert {r.method for r in demo.runs} == {"ga", "ga_diff", "npo", "salun", "mmunlearner"}
+    assert {r.method for r in demo.runs} == {"ga", "ga_diff", "mmunlearner"}
     assert demo.verify.enabled
     # the regimes as a 2x2 grid: {one, 10 sequential requests} x {low, high LR}, at equal total steps
     cells = {(r.requests, r.lr) for r in demo.verify.regimes}
