@@ -66,3 +66,15 @@ def test_without_both_labels_there_is_no_calibration() -> None:
     assert rows["a"]["calibration"] is None and rows["a"]["agreement"] is None
     assert summary["agreement_rate"] is None and summary["compared"] == 0
     assert agreement_summary({"x": True, "y": None})["agreement_rate"] == 1.0
+
+
+def test_a_noisy_behaviour_still_labels_the_calibration_by_its_point_estimate() -> None:
+    # the only reversible model's interval straddles 0.5 (its own verdict: within noise), but its point
+    # estimate 0.7 is a reversible label the other models' threshold is fitted on
+    rows = {"noisy": {"evidence": model(0.7, 0.98) | {"recovery_vqa_lo": 0.3, "recovery_vqa_hi": 0.9}},
+            "irr1": {"evidence": model(0.1, 0.6)}, "irr2": {"evidence": model(0.2, 0.7)}}  # fmt: skip
+    summary = recalibrate(rows)
+    assert rows["noisy"]["verdict"].startswith("undetermined (within noise)") and rows["noisy"]["agreement"] is None
+    assert rows["irr1"]["calibration"]["threshold"] == pytest.approx((0.7 + 0.98) / 2)
+    assert rows["irr1"]["agreement"] is True and rows["irr2"]["agreement"] is True
+    assert summary["compared"] == 2 and summary["agreement_rate"] == 1.0

@@ -2,7 +2,10 @@
 
 A fixed CKA threshold ("representations intact when median CKA >= 0.95") is a guess. Here it is
 learnt from the models of a study whose forgetting has a *behavioural* label (reversible or
-irreversible from the relearning and quantization attacks, :func:`forgetlab.verify.verdict.behaviour`):
+irreversible from the relearning and quantization attacks, :func:`forgetlab.verify.verdict.behaviour`).
+The labels it fits on are the behaviour's *point* estimates (recovery above the control floor ≥ 0.5,
+its interval ignored): a model whose verdict is "within noise" still informs the threshold, while its
+own agreement stays null (agreement is only counted where the interval decides the behaviour):
 
 * :func:`best_threshold`: the threshold ``t`` on median LLM CKA (forget items, text pooling) whose rule
   "reversible when CKA >= t" classifies the labelled models best; candidates are the midpoints between
@@ -52,7 +55,7 @@ def _labelled(models: Mapping[str, Mapping[str, Any]], key: str) -> dict[str, tu
     out = {}
     for name, ev in models.items():
         value = ev.get(key)
-        label, _, _ = behaviour(ev)
+        label, _, _ = behaviour(ev, point=True)
         if label is not None and isinstance(value, (int, float)) and math.isfinite(value):
             out[name] = (float(value), label)
     return out

@@ -106,8 +106,11 @@ def _catastrophic(ev: Mapping[str, Any]) -> tuple[bool | None, str]:
     return False, f"not catastrophic: {shown} (>= {RETAIN_MIN_RATIO})"
 
 
-def behaviour(ev: Mapping[str, Any]) -> tuple[bool | None, bool, str]:
-    """``(reversible, within_noise, rule)`` from the behavioural evidence alone (see the module doc)."""
+def behaviour(ev: Mapping[str, Any], point: bool = False) -> tuple[bool | None, bool, str]:
+    """``(reversible, within_noise, rule)`` from the behavioural evidence alone (see the module doc).
+
+    ``point``: judge the recovery's point estimate and ignore its interval (never "within noise"): the
+    labels :mod:`forgetlab.verify.calibrate` fits thresholds on, where a noisy label beats none."""
     quant, scheme = _value(ev, "quant_recovered"), ev.get("quant_scheme") or "quantization"
     restored = quant is not None and quant >= RECOVERY_MIN
     qtext = f"; {scheme} restored {quant:.2f} of the forgotten accuracy" if quant is not None else ""
@@ -121,9 +124,9 @@ def behaviour(ev: Mapping[str, Any]) -> tuple[bool | None, bool, str]:
         what += f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci is not None else ""
         if restored:
             return True, False, f"{what}{qtext} (>= {RECOVERY_MIN})"
-        if within_noise(ci, RECOVERY_MIN):
+        if not point and within_noise(ci, RECOVERY_MIN):
             return None, True, f"{what}: interval straddles {RECOVERY_MIN}{qtext}"
-        ok = (ci[0] if ci is not None else value - shift) >= RECOVERY_MIN
+        ok = (ci[0] if ci is not None and not point else value - shift) >= RECOVERY_MIN
         return ok, False, f"{what} {'>=' if ok else '<'} {RECOVERY_MIN}{qtext}"
     rec = _value(ev, "recovery_held_out")
     if rec is not None:
