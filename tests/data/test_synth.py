@@ -264,9 +264,8 @@ def test_views_are_deterministic_and_canonical_is_neutral() -> None:
     assert render_portrait(face).tobytes() != a.tobytes()
 
 
-def test_default_size_counts_time_and_vocabulary(default: tuple[Path, float]) -> None:
-    root, seconds = default
-    assert seconds < 30
+def test_default_size_counts_and_vocabulary(default: tuple[Path, float]) -> None:
+    root, _ = default  # its generation time is a bench figure (bench/), not a test: it depends on the load
     marker = json.loads((root / MARKER).read_text())
     assert marker["rows"] == {
         "Full_Set": 100,
