@@ -34,8 +34,13 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/forgetlab demo --out runs/demo
 
+# Every test runs torch on one thread (tests/conftest.py), so the suite runs on two pytest-xdist workers, one
+# per core; --dist loadfile keeps a module's tests (and its module-scoped fixtures, e.g. the toy demo run) on
+# one worker. TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
 test: $(STAMP) chromium
-	FORGETLAB_REQUIRE_CHROMIUM=1 $(PY) -m pytest -q -p no:cacheprovider --durations=15
+	FORGETLAB_REQUIRE_CHROMIUM=1 $(PY) -m pytest -q -p no:cacheprovider --durations=15 \
+	  $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 # Debian's chromium, for the test that renders the report headless (not a pip package; as root or with sudo)
 chromium:
