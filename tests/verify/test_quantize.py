@@ -301,3 +301,9 @@ def test_quantization_attack_on_a_saved_model(tmp_path: Path) -> None:
     for scheme in ("4bit", "nf4"):
         summary = result[scheme]["summary"]
         assert summary["scheme"] == scheme and summary["layers"] > 0 and summary["mean_abs_error"] > 0
+
+
+def test_the_verify_settings_accept_exactly_the_schemes_there_are() -> None:
+    from forgetlab.verify.assess import QUANT_SCHEMES
+
+    assert set(QUANT_SCHEMES) == set(SCHEMES)

@@ -44,7 +44,8 @@ def tradeoff_plot(runs: dict[str, dict], original: dict | None = None) -> bytes:
     for r in runs.values():
         groups.setdefault(r.get("group") or r["method"], []).append(r)
     cmap = plt.get_cmap("tab10")
-    colours = {m: cmap(i % 10) for i, m in enumerate(sorted({g.split("-nomask")[0].split(".")[0] for g in groups}))}
+    method = lambda group: group.split("-nomask")[0].split(".")[0]  # noqa: E731  (a twin shares its colour)
+    colours = {m: cmap(i % 10) for i, m in enumerate(sorted({method(g) for g in groups}))}
     for ax, key, title in zip(
         axes,
         ("forget_qa_acc", "retain_vqa_acc"),
@@ -55,7 +56,7 @@ def tradeoff_plot(runs: dict[str, dict], original: dict | None = None) -> bytes:
             pts = _curve_points(rows, key)
             if not pts:
                 continue
-            colour = colours[group.split("-nomask")[0].split(".")[0]]
+            colour = colours[method(group)]
             xs, ys = [p[0] for p in pts], [p[1] for p in pts]
             ls = "--" if "nomask" in group else ":" if group.endswith("forget-only") else "-"
             ax.plot(xs, ys, color=colour, ls=ls, marker="o", ms=4, lw=1.4, label=group)

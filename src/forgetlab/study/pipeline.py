@@ -417,14 +417,17 @@ def run_study(study: StudyConfig, out: Path, console: Console | None = None) -> 
                                                       "path": str(gold.relative_to(out)) if gold.is_relative_to(out)
                                                       else str(gold)}  # fmt: skip
     chosen_runs: dict[str, dict] = {}
+    chosen_answers: dict[str, list[dict]] = {}
     for label in sorted(grids, key=lambda k: list(groups).index(k)):
         rows = with_choice(grids[label], selection)
+        read = {k: compare.read_rows(models_dir / k) for k in [*rows, *extra_seeds.get(label, {})]}
         if ref.kind != "tofu":  # each learning rate's own 95% interval over people: the trade-off plot's bands
             for k, m in rows.items():
-                m["point_ci"] = compare.point_interval(compare.read_rows(models_dir / k), [selection[0], *selection[2]])
+                m["point_ci"] = compare.point_interval(read[k], [selection[0], *selection[2]])
         name = next(k for k, m in rows.items() if m["chosen"])
         names = [name, *extra_seeds.get(label, {})]
-        answers = [compare.read_rows(models_dir / k) for k in names]
+        answers = [read[k] for k in names]
+        chosen_answers[name] = read[name]
         if all(answers) and ref.kind != "tofu":
             rows[name] |= compare.summarise_seeds(answers, [rows[name]["seed"]] +
                                                   [m["seed"] for m in extra_seeds.get(label, {}).values()])  # fmt: skip
@@ -452,7 +455,7 @@ def run_study(study: StudyConfig, out: Path, console: Console | None = None) -> 
                                                    models["original"].get("mia"), gold_eval)  # fmt: skip
         for name, row in chosen_runs.items():
             reported = row.get("reported") or row.get("report") or {}
-            row |= compare.against_gold(compare.read_rows(models_dir / name), reported, row.get("mia"), gold_eval)
+            row |= compare.against_gold(chosen_answers[name], reported, row.get("mia"), gold_eval)
     claim_metrics = [selection[0], *selection[2]]
     metrics = {
         "study": study.name,

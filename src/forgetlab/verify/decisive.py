@@ -61,11 +61,11 @@ def curve_point(
     chance: float | None,
 ) -> dict[str, Any]:
     """One point of the curve: the two halves' forget metric and the held-out recovery after ``epoch``."""
-    from forgetlab.verify.heldout import chance_recovery
+    from forgetlab.verify.heldout import chance_recovery, pooled_accuracy
 
     rec = None
     if chance is not None:
-        accs = [_pooled_acc(t, held_out) for t in (original, unlearned, now.get("tally") or {})]
+        accs = [pooled_accuracy(t, held_out) for t in (original, unlearned, now.get("tally") or {})]
         rec = chance_recovery(*accs, chance)
     return {
         "epoch": epoch,
@@ -74,12 +74,6 @@ def curve_point(
         "heldout_vqa": now["held_out_people"],
         "recovery_vqa": None if rec is None else round(rec, 4),
     }
-
-
-def _pooled_acc(t: Mapping[str, Sequence[float]], people: Sequence[str]) -> float | None:
-    hits = sum(float(t[p][0]) for p in people if p in t)
-    n = sum(float(t[p][1]) for p in people if p in t)
-    return hits / n if n else None
 
 
 def back_to_original(now: float | None, original: float | None, gap: float) -> bool:

@@ -72,6 +72,13 @@ def chance_recovery(
     return recovery(max(orig, chance), max(unl, chance), max(rel, chance), min_gap=min_gap)
 
 
+def pooled_accuracy(t: Tally, people: Sequence[str]) -> float | None:
+    """Σ hits / Σ questions of ``people`` in one tally (None without questions)."""
+    hits = sum(float(t[p][0]) for p in people if p in t)
+    n = sum(float(t[p][1]) for p in people if p in t)
+    return hits / n if n else None
+
+
 def _pooled(t: Tally, people: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     hits = np.array([float(t[p][0]) if p in t else 0.0 for p in people])
     counts = np.array([float(t[p][1]) if p in t else 0.0 for p in people])
