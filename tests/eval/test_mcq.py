@@ -1,4 +1,4 @@
-"""MCQ scoring: the one-pass shortcut equals the per-option path; protocols parse letters."""
+"""MCQ scoring: the one-pass shortcut and the prompt-cache path equal the per-option path; protocols parse letters."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from forgetlab.data.mllmu import load_split
-from forgetlab.eval.mcq import answer_mcq, score_options
+from forgetlab.eval.mcq import _continuations, _prefix_cache_ok, answer_mcq, option_tokens, score_options
 from forgetlab.models.tiny import build_tiny_model
 
 
@@ -24,6 +24,10 @@ def test_single_pass_equals_per_option_scoring(arch, bench_texts, mcq_samples):
     model.eval()
     fast = score_options(model, processor, mcq_samples, batch_size=4)
     slow = score_options(model, processor, mcq_samples, batch_size=3, single_pass=False)
+    multi = [s for s in mcq_samples if option_tokens(processor, s) is None]
+    if arch == "llava":  # multi-token options go through the prompt's key/value cache (one forward per prompt)
+        assert _prefix_cache_ok(model) and multi and all(_continuations(processor, s) for s in multi)
+        assert any(len(t) > 1 for s in multi for t in _continuations(processor, s).values())
     for f, s in zip(fast, slow, strict=True):
         assert f.scores.keys() == s.scores.keys()
         for k in f.scores:

@@ -32,7 +32,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
@@ -60,6 +60,9 @@ from forgetlab.study.sweep import (
 )
 from forgetlab.verify.assess import VERIFY_KEYS, VerifySettings, verify_baseline, verify_control, verify_model
 from forgetlab.verify.calibrate import recalibrate
+
+if TYPE_CHECKING:
+    from forgetlab.train.finetune import FinetuneConfig
 
 
 @dataclass(frozen=True)
@@ -125,24 +128,33 @@ def prepare_benchmark(study: StudyConfig, out: Path, console: Console) -> tuple[
     return DataRef(b.kind, str(b.path), study.forget_ratio, b.text, b.seed, digest), digest
 
 
+def injection_config(study: StudyConfig, *, gold: bool = False) -> FinetuneConfig:
+    """The knowledge injection of the study's original (``gold``: of its retrained, retain-only model)."""
+    from forgetlab.train.finetune import FinetuneConfig
+
+    seed = study.benchmark.seed if study.benchmark.kind == "embedded" else 0
+    config = study.model.finetune or FinetuneConfig(seed=seed)
+    return config.model_copy(update={"exclude_forget": study.forget_ratio}) if gold else config
+
+
+#: :func:`prepare_original`'s source when it was asked not to train (``train=False``) and must
+TO_TRAIN = "to train"
+
+
 def prepare_original(
-    study: StudyConfig, data: Path, digest: str, out: Path, console: Console, *, gold: bool = False
-) -> tuple[Path | None, str]:
+    study: StudyConfig, data: Path, digest: str, out: Path, console: Console, *, gold: bool = False,
+    train: bool = True,
+) -> tuple[Path | None, str]:  # fmt: skip
     """The original model's folder and where it came from (``shipped``, ``trained``, ``cached``, ``path``).
 
     ``gold``: the retrained (retain-only) model instead: the same knowledge injection with the forget
     people left out (``exclude_forget``), ``models/retrained``; for ``source: path`` the folder
-    ``model.gold_path`` names, else ``(None, "none")`` (a user's checkpoint cannot be retrained here)."""
+    ``model.gold_path`` names, else ``(None, "none")`` (a user's checkpoint cannot be retrained here).
+    ``train=False``: where it would be trained, return ``(its folder, TO_TRAIN)`` instead
+    (:func:`train_job` trains it beside other jobs)."""
     from forgetlab.io import atomic_dir
     from forgetlab.models.load import check_model_folder
-    from forgetlab.train.finetune import (
-        SHIPPED_GOLD,
-        SHIPPED_ORIGINAL,
-        FinetuneConfig,
-        finetune,
-        load_summary,
-        trained_as,
-    )
+    from forgetlab.train.finetune import SHIPPED_GOLD, SHIPPED_ORIGINAL, finetune, load_summary, trained_as
 
     m = study.model
     if m.source == "path":
@@ -151,10 +163,7 @@ def prepare_original(
             return None, "none"
         check_model_folder(path, hub_id=None if gold else m.hub_id)
         return Path(path), "path"
-    seed = study.benchmark.seed if study.benchmark.kind == "embedded" else 0
-    config = m.finetune or FinetuneConfig(seed=seed)
-    if gold:
-        config = config.model_copy(update={"exclude_forget": study.forget_ratio})
+    config = injection_config(study, gold=gold)
     role, shipped = ("retrained", SHIPPED_GOLD) if gold else ("original", SHIPPED_ORIGINAL)
     model_dir = out / "models" / role
     if trained_as(model_dir, config, digest):
@@ -167,6 +176,8 @@ def prepare_original(
         console.print(f"{role} model: the one shipped with forgetlab (same config and data; trained in "
                       f"{seconds:.0f} s); model.source=finetune trains it here")  # fmt: skip
         return model_dir, "shipped"
+    if not train:
+        return model_dir, TO_TRAIN
     with progress_bar(f"knowledge injection ({role})", console) as update:
         summary = finetune(data, model_dir, config, progress=update)
     console.print(f"{role} model trained in {summary['seconds']:.0f} s")
@@ -212,6 +223,13 @@ def grid_job(study: StudyConfig, group: Group, original: Path, ref: DataRef, mod
 
 def seeds_job(study: StudyConfig, group: Group, chosen: str, original: Path, ref: DataRef, models: Path) -> dict:
     return seed_runs(study, group, chosen, original, ref.load(), models, data_key=ref.key())
+
+
+def train_job(data: Path, model_dir: Path, config: FinetuneConfig) -> float:
+    """Knowledge injection into ``model_dir`` (one worker, one thread); its training seconds."""
+    from forgetlab.train.finetune import finetune
+
+    return finetune(data, model_dir, config)["seconds"]
 
 
 def gold_job(out: Path, ref: DataRef, gold: Path, ev: EvalSpec, mia: bool) -> dict:
@@ -332,7 +350,11 @@ def run_study(study: StudyConfig, out: Path, console: Console | None = None) -> 
     original, source = prepare_original(study, Path(ref.root), digest, out, console)
     lap("original", original=source)
 
-    gold, gold_source = prepare_original(study, Path(ref.root), digest, out, console, gold=True)
+    # a retrained model that must be trained here trains on one worker beside the unlearning runs (it is
+    # needed only by its evaluation, the control attack and the comparison)
+    gold, gold_source = prepare_original(study, Path(ref.root), digest, out, console, gold=True, train=False)
+    if gold_source == TO_TRAIN:
+        console.print("retrained model: knowledge injection on one worker, beside the unlearning runs")
     lap("gold", gold=gold_source)
 
     v = study.verify
@@ -344,13 +366,19 @@ def run_study(study: StudyConfig, out: Path, console: Console | None = None) -> 
     groups = {g.label: g for g in (Group(i, r.method, arm) for i, r in enumerate(study.runs)
                                    for arm in study.run_arms(r))}  # fmt: skip
     jobs: dict[str, tuple] = {"original": (evaluate_original, (out, ref, original, study.eval))}
+    after_gold: dict[str, tuple] = {}  # what needs the retrained model: its evaluation, the verification baselines
     if gold is not None:
-        jobs["gold"] = (gold_job, (out, ref, gold, study.eval, verify and v.mia))
+        after_gold["gold"] = (gold_job, (out, ref, gold, study.eval, verify and v.mia))
+    if verify:
+        after_gold["baseline"] = (baseline_job, (out, ref, original, v.settings(), gold))
+    if gold_source == TO_TRAIN:
+        jobs["train retrained"] = (train_job, (Path(ref.root), gold, injection_config(study, gold=True)))
+    else:
+        jobs |= after_gold
     first_jobs = sorted(groups.values(), key=lambda g: (g.method != "mmunlearner", g.label))  # the longest first
     jobs |= {f"grid {g.label}": (grid_job, (study, g, original, ref, models_dir)) for g in first_jobs}
     if verify:
         jobs |= {name: (regime_job, (study, r, out, ref, original)) for name, r in regimes.items()}
-        jobs["baseline"] = (baseline_job, (out, ref, original, v.settings(), gold))
     grids: dict[str, dict] = {}
     extra_seeds: dict[str, dict] = {}
     unlearning = {k for k in jobs if k.startswith("grid ")} | set(regimes)
@@ -384,6 +412,9 @@ def run_study(study: StudyConfig, out: Path, console: Console | None = None) -> 
 
     def then(name: str, result: Any) -> dict[str, tuple]:
         new: dict[str, tuple] = {}
+        if name == "train retrained":
+            console.print(f"retrained model trained in {result:.0f} s")
+            return after_gold
         if name == "baseline":
             baseline.update(result)
         if name == "original":
