@@ -193,7 +193,8 @@ def _score_on_prompt_cache(
     of the tokens); fills ``results`` and returns the indices left for the whole-sequence path."""
     plans = {i: _continuations(processor, samples[i]) for i in todo}
     left = [i for i in todo if plans[i] is None]
-    ready = sorted((i for i in todo if plans[i] is not None), key=lambda i: len(_encoded(processor, samples[i]).input_ids))
+    ready = sorted((i for i in todo if plans[i] is not None),
+                   key=lambda i: len(_encoded(processor, samples[i]).input_ids))  # fmt: skip
     for chunk in _chunks(ready, batch_size):
         batch = collate([_encoded(processor, samples[i]) for i in chunk], pad_id, left_pad=True)
         batch.pop("labels")
@@ -256,7 +257,7 @@ def score_options(
             for row, (i, _, token_of) in enumerate(chunk):
                 scores = {k: last[row, t].item() for k, t in token_of.items()}
                 results[i] = _choice(scores, samples[i].options)  # type: ignore[arg-type]
-    if multi and single_pass and _prefix_cache_ok(model):  # the prompt once, then every option's tokens on its cached keys
+    if multi and single_pass and _prefix_cache_ok(model):  # each prompt once, its options on its cached keys
         multi = _score_on_prompt_cache(model, processor, samples, multi, results, pad_id, batch_size)
     if multi:
         examples, spans, owners = [], [], []
