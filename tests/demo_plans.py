@@ -31,6 +31,7 @@ TOY: dict[str, object] = {
     "selection.seeds": 2,  # the chosen setting again at a second seed: intervals over people and seeds
     "verify.relearn.lr": 1e-3,
     "verify.probe.per_group": 4,
+    "verify.regime_seeds": 2,  # each regime again at a second seed, pooled (regimes_over_seeds)
     "verify.regimes": [
         {"name": "single", "title": "one request", "expected": "reversible", "lr": 1e-4},
         {"name": "continual", "title": "two requests", "expected": "irreversible", "lr": 1e-3, "requests": 2},

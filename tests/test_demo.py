@@ -5,6 +5,7 @@ writes the same metrics.json."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -79,16 +80,32 @@ def test_metrics_have_every_model_and_verification_key(demo) -> None:
     for run in (ga, mmu):  # log_with tensorboard: event files beside the JSONL log
         assert list((out / "models" / run / "tensorboard").rglob("events.out.tfevents.*")), run
     regimes = metrics["regimes"]
-    assert set(regimes) == {"single", "continual"}
+    assert set(regimes) == {"single", "single-s1", "continual", "continual-s1"}
     for r in regimes.values():
         assert r["requests"] in (1, 2) and r["verdict"] == judged(r)
         assert r["as_expected"] == (r["verdict"].split(",")[0] == r["expected"].split(",")[0])
+        assert (out / r["path"]).is_dir() and "tallies" in r["recovery_vqa"]
+    # each regime pooled over its two seeds: intervals over people and seeds, one verdict from the pooled evidence
+    pooled = metrics["regimes_over_seeds"]
+    assert set(pooled) == {"single", "continual"}
+    for name, p in pooled.items():
+        assert p["runs"] == [name, f"{name}-s1"] and p["seeds"] == [0, 1]
+        assert [regimes[k]["seed"] for k in p["runs"]] == [0, 1]
+        for metric, (lo, hi) in p["ci"].items():
+            assert lo <= p["reported"][metric] <= hi, (name, metric)
+        assert sum(p["counts"].values()) == 2 and p["verdicts"] == {k: regimes[k]["verdict"] for k in p["runs"]}
+        assert p["verdict"] == judged(p)
+        if p["recovery_vqa"] is not None:
+            assert p["recovery_vqa"]["n_runs"] == 2
+        if p["calibration"]:  # calibrated on the other settings only: never on this regime's own seeds
+            verified = sum("evidence" in m for m in [*models.values(), *regimes.values()])
+            fitted_on = int(re.search(r"on (\d+) other models", p["calibration"]["how"]).group(1))
+            assert fitted_on <= verified - 2
 
 
 def test_report_shows_every_section(demo) -> None:
     import base64
     import io
-    import re
 
     import numpy as np
     from PIL import Image
@@ -104,6 +121,7 @@ def test_report_shows_every_section(demo) -> None:
         "Relearning attack:",
         "Representations per layer",
         "The reference regimes",
+        "The regimes over seeds",
         "Fisher information",
         "Forgotten people",
         "as expected",

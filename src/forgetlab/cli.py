@@ -164,6 +164,26 @@ def print_metrics(models: dict[str, dict]) -> None:
     Console(width=max(140, Console().width)).print(table)
 
 
+def print_regimes_over_seeds(pooled: dict[str, dict]) -> None:
+    """Each regime over its seeds: report-part accuracies [95% CI over people and seeds], the pooled held-out
+    recovery [CI], each seed's verdict (counted) and the verdict of the pooled evidence."""
+
+    def cell(value: float | None, ci: list | None) -> str:
+        return "-" if value is None else f"{value:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+
+    table = Table(title="regimes over seeds (report part; 95% intervals over people and seeds)")
+    for title in ("regime", "seeds", "forget VQA", "retain VQA", "recovery VQA", "per seed", "pooled verdict"):
+        table.add_column(title, no_wrap=title in ("regime", "pooled verdict"))
+    for name, r in pooled.items():
+        rep, ci, rec = r.get("reported") or {}, r.get("ci") or {}, r.get("recovery_vqa") or {}
+        counts = ", ".join(f"{n}x {label}" for label, n in (r.get("counts") or {}).items())
+        table.add_row(name, ",".join(str(s) for s in r.get("seeds") or []),
+                      cell(rep.get("forget_vqa_acc"), ci.get("forget_vqa_acc")),
+                      cell(rep.get("retain_vqa_acc"), ci.get("retain_vqa_acc")), cell(rec.get("value"), rec.get("ci")),
+                      counts, r.get("verdict") or "")  # fmt: skip
+    Console(width=max(140, Console().width)).print(table)
+
+
 def run_and_print(study, out: Path) -> None:
     """Run a study (:func:`forgetlab.study.pipeline.run_study`) and print its chosen models."""
     from forgetlab.study.pipeline import run_study
@@ -177,7 +197,11 @@ def run_and_print(study, out: Path) -> None:
         return
     result = run_study(study, out, console=console)
     chosen = {k: m for k, m in result["models"].items() if k == "original" or m.get("chosen")}
-    print_metrics(chosen | result.get("regimes", {}))
+    pooled = result.get("regimes_over_seeds") or {}
+    regimes = {k: r for k, r in result.get("regimes", {}).items() if not pooled or k == r.get("regime")}
+    print_metrics(chosen | regimes)
+    if pooled:
+        print_regimes_over_seeds(pooled)
     stages = ", ".join(f"{k} {v:.0f}s" for k, v in result.get("stage_seconds", {}).items())
     console.print(f"done in {result.get('seconds', 0):.0f} s ({stages})")
     console.print(f"report: [bold]{out / 'report.html'}[/]  metrics: [bold]{out / 'metrics.json'}[/]")

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from forgetlab.verify.heldout import above_floor, chance_recovery, recovery_vqa, tally, within_noise
+from forgetlab.verify.heldout import (
+    above_floor,
+    chance_recovery,
+    pooled_recovery_vqa,
+    recovery_vqa,
+    tally,
+    within_noise,
+)
 
 
 def rows(hits: dict[str, list[int]], modality: str = "vqa") -> list[dict]:
@@ -82,3 +89,26 @@ def test_above_floor_shifts_value_and_interval() -> None:
     assert above_floor({"value": 0.6, "ci": [0.4, 0.8]}, 0.25) == {"value": 0.35, "ci": [0.15, 0.55], "floor": 0.25}
     assert above_floor({"value": 0.6, "ci": None}, 0.1)["ci"] is None
     assert above_floor({"value": 0.6, "ci": [0.4, 0.8]}, None) is None
+
+
+def test_recovery_over_seeds_pools_every_seed_and_person() -> None:
+    """Two runs (seeds) of one setting, 2 held-out people each: seed 0 recovers p0 fully and p1 not at all,
+    seed 1 the reverse half way. Pooled over the four (seed, person) units: original 1, unlearned 0.25,
+    relearned (4 + 1 + 2 + 1) / 16 = 0.5 -> (0.5 - 0.25) / 0.75 = 1/3; the interval resamples the units."""
+    people = ["p0", "p1"]
+    original = tally(rows({p: [1, 1, 1, 1] for p in people}))
+    unlearned = tally(rows({p: [1, 0, 0, 0] for p in people}))
+    seed0 = recovery_vqa(original, unlearned, tally(rows({"p0": [1, 1, 1, 1], "p1": [1, 0, 0, 0]})), people, 0.25)
+    seed1 = recovery_vqa(original, unlearned, tally(rows({"p0": [1, 1, 0, 0], "p1": [1, 0, 0, 0]})), people, 0.25)
+    assert seed0["tallies"]["relearned"] == {"p0": [4.0, 4], "p1": [1.0, 4]}
+    pooled = pooled_recovery_vqa([seed0, seed1], n=2000, seed=3)
+    assert pooled["value"] == pytest.approx(1 / 3, abs=1e-4)
+    assert pooled["n_runs"] == 2 and pooled["n_units"] == 4 and pooled["chance"] == 0.25
+    assert pooled["accuracy"] == {"original": 1.0, "unlearned": 0.25, "relearned": 0.5}
+    lo, hi = pooled["ci"]
+    assert 0.0 <= lo < 1 / 3 < hi <= 1.0
+    # one more seed that recovers nobody lowers the pooled value: relearned 10/24 -> (10/24 - 1/4) / (3/4) = 2/9
+    seed2 = recovery_vqa(original, unlearned, unlearned, people, 0.25)
+    assert pooled_recovery_vqa([seed0, seed1, seed2], n=200)["value"] == pytest.approx(2 / 9, abs=1e-4)
+    assert pooled_recovery_vqa([seed0, {"value": 0.5}]) is None  # a run without its tallies: nothing to pool
+    assert pooled_recovery_vqa([]) is None

@@ -3,7 +3,8 @@
 * ``loglik`` (default, fast): the question is asked *without* the options and each
   option's text is scored as the assistant's answer (sum of its token log-probs); the
   best-scoring option is the prediction. When every option is a single token, one
-  forward pass of the prompt scores all four at once. The sum favours short options (every
+  forward pass of the prompt scores all four at once; otherwise (rotary-position models) the
+  prompt runs once and the options' remaining tokens on its key/value cache. The sum favours short options (every
   extra token can only lower it), so a length-normalised prediction is made from the same
   scores too: the sum divided by the option's length in characters, as lm-evaluation-harness's
   ``acc_norm`` does (characters, not tokens, so the choice does not depend on the tokenizer).

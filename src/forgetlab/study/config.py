@@ -148,6 +148,10 @@ class VerifySpec(VerifySettings):
     enabled: bool = True
     models: Literal["chosen", "all"] = Field("chosen", description="each method's chosen run, or every run")
     regimes: list[RegimeSpec] = Field(default_factory=list, description="reference regimes, verified like runs")
+    regime_seeds: int = Field(
+        1, ge=1, description="each regime runs (and is verified) at this many seeds, the schedule's first (named "
+        "like the regime) then the next ones ('<regime>-s<seed>'), and is pooled over them with 95% intervals",
+    )  # fmt: skip
 
     def settings(self, plots: bool = False) -> VerifySettings:
         """The settings :func:`forgetlab.verify.assess.verify_model` records (what its cache keys on)."""
@@ -278,8 +282,21 @@ class StudyConfig(_Section):
             return [None]
         return [a.name for a in self.arms if run.arms is None or a.name in run.arms]
 
-    def regime_config(self, regime: RegimeSpec, *, where: str = "verify.regimes") -> UnlearnConfig:
-        return self._unlearn(self.schedule | regime.schedule, {"method": regime.method, "lr": regime.lr}, where)
+    def regime_config(
+        self, regime: RegimeSpec, seed: int | None = None, *, where: str = "verify.regimes"
+    ) -> UnlearnConfig:
+        """A regime's UnlearnConfig: study schedule < the regime's < method, lr (and ``seed`` when given)."""
+        fields = {"method": regime.method, "lr": regime.lr} | ({"seed": seed} if seed is not None else {})
+        return self._unlearn(self.schedule | regime.schedule, fields, where)
+
+    def regime_runs(self) -> dict[str, tuple[RegimeSpec, int]]:
+        """``{run name: (regime, seed)}``: each regime at ``verify.regime_seeds`` seeds (see that field)."""
+        out: dict[str, tuple[RegimeSpec, int]] = {}
+        for regime in self.verify.regimes:
+            base = int((self.schedule | regime.schedule).get("seed", 0))
+            for seed in range(base, base + self.verify.regime_seeds):
+                out[regime.name if seed == base else f"{regime.name}-s{seed}"] = (regime, seed)
+        return out
 
     def run_seeds(self) -> list[int]:
         """The seeds of a chosen setting: the schedule's seed first (the grid's), then the next ones."""

@@ -251,15 +251,18 @@ def gold_job(out: Path, ref: DataRef, gold: Path, ev: EvalSpec, mia: bool) -> di
     return memo(out / "cache" / "gold_eval.json", key, compute)
 
 
-def regime_job(study: StudyConfig, regime: RegimeSpec, out: Path, ref: DataRef, original: Path) -> dict:
-    """Unlearn one regime (kept when finished) and evaluate it (memoised): its metrics row."""
+def regime_job(study: StudyConfig, regime: RegimeSpec, out: Path, ref: DataRef, original: Path,
+               name: str | None = None, seed: int | None = None) -> dict:  # fmt: skip
+    """Unlearn one regime at one seed (kept when finished) into ``models/<name>`` (default: the regime's
+    name, the schedule's seed) and evaluate it (memoised): its metrics row."""
     from forgetlab.benchmarks import evaluate_benchmark
     from forgetlab.models.load import load_for_eval
     from forgetlab.verify.regimes import run_regime
 
-    config = study.regime_config(regime)
+    name = name or regime.name
+    config = study.regime_config(regime, seed)
     path = run_regime(regime.name, regime.requests, config, original, Path(ref.root), ref.percent,
-                      out / "models" / regime.name)  # fmt: skip
+                      out / "models" / name)  # fmt: skip
 
     def compute() -> dict:
         model, processor = load_for_eval(path)
@@ -268,11 +271,13 @@ def regime_job(study: StudyConfig, regime: RegimeSpec, out: Path, ref: DataRef, 
         return {"metrics": metrics, "rows": rows}
 
     key = model_key(path) | {"eval": study.eval.model_dump(), "data": ref.key(), "kept": "metrics and rows"}
-    result = memo(out / "cache" / f"{regime.name}_eval.json", key, compute)
-    write_jsonl(out / "models" / regime.name / ROWS, result["rows"])  # its answers: intervals over people
+    result = memo(out / "cache" / f"{name}_eval.json", key, compute)
+    write_jsonl(out / "models" / name / ROWS, result["rows"])  # its answers: intervals over people
     metrics = result["metrics"]
-    about = {"method": regime.method, "lr": regime.lr, "requests": regime.requests, "title": regime.title,
-             "expected": regime.expected, "path": str(path.relative_to(out))}  # fmt: skip
+    title = regime.title if name == regime.name else f"{regime.title} (seed {config.seed})"
+    about = {"method": regime.method, "lr": regime.lr, "requests": regime.requests, "title": title,
+             "expected": regime.expected, "path": str(path.relative_to(out)), "regime": regime.name,
+             "seed": config.seed}  # fmt: skip
     return metrics | about
 
 
@@ -359,7 +364,7 @@ def run_study(study: StudyConfig, out: Path, console: Console | None = None) -> 
 
     v = study.verify
     verify = v.enabled and bool(study.runs or v.regimes)
-    regimes = {r.name: r for r in v.regimes} if verify else {}
+    regimes = study.regime_runs() if verify else {}  # {run name: (regime, seed)}
     selection = resolve_selection(study.selection, ref.kind)
     workers = study.workers or default_workers()
     models_dir = out / "models"
@@ -378,12 +383,15 @@ def run_study(study: StudyConfig, out: Path, console: Console | None = None) -> 
     first_jobs = sorted(groups.values(), key=lambda g: (g.method != "mmunlearner", g.label))  # the longest first
     jobs |= {f"grid {g.label}": (grid_job, (study, g, original, ref, models_dir)) for g in first_jobs}
     if verify:
-        jobs |= {name: (regime_job, (study, r, out, ref, original)) for name, r in regimes.items()}
+        jobs |= {name: (regime_job, (study, r, out, ref, original, name, seed)) for name, (r, seed) in regimes.items()}
     grids: dict[str, dict] = {}
     extra_seeds: dict[str, dict] = {}
     unlearning = {k for k in jobs if k.startswith("grid ")} | set(regimes)
     to_verify: dict[str, Path] = {}
     baseline: dict[str, Any] = {}
+
+    def _fisher_plot(name: str) -> bool:  # a regime's Fisher histograms (the report's figure), at its first seed
+        return name in regimes and regimes[name][0].name == name
 
     def on_group(name: str, result: dict) -> dict[str, tuple]:
         """A group's grid or seeds finished: its twin, its seeds or its verification come next."""
@@ -430,7 +438,7 @@ def run_study(study: StudyConfig, out: Path, console: Console | None = None) -> 
         if not baseline:
             return new
         # the report draws every model's curves itself; only the regimes' Fisher histograms come from PNGs
-        ready = {f"verify {k}": (verify_job, (out, ref, original, k, path, v.settings(plots=k in regimes), baseline))
+        ready = {f"verify {k}": (verify_job, (out, ref, original, k, path, v.settings(plots=_fisher_plot(k)), baseline))
                  for k, path in to_verify.items()}  # fmt: skip
         to_verify.clear()
         return new | ready
@@ -467,6 +475,7 @@ def run_study(study: StudyConfig, out: Path, console: Console | None = None) -> 
         models |= rows
         chosen_runs[name] = rows[name]
     regime_rows = {name: done[name] for name in regimes}
+    regimes_over_seeds: dict[str, dict] | None = None
     if verify:
         models["original"]["mia"] = done["baseline"]["mia"]
         for name in (k.removeprefix("verify ") for k in done if k.startswith("verify ")):
@@ -477,6 +486,16 @@ def run_study(study: StudyConfig, out: Path, console: Console | None = None) -> 
         for row in regime_rows.values():  # the measured reversibility against what the source paper reports
             if "verdict" in row and row["expected"] != NOT_REPORTED:
                 row["as_expected"] = row["verdict"].split(",")[0] == row["expected"].split(",")[0]
+        if v.regime_seeds > 1:  # each regime over its seeds: intervals over people and seeds, one pooled verdict
+            from forgetlab.verify.regimes import pool_seeds
+
+            verified_rows = {k: r for k, r in (models | regime_rows).items() if "evidence" in r}
+            regimes_over_seeds = {
+                r.name: pool_seeds({k: regime_rows[k] for k, (spec, _) in regimes.items() if spec.name == r.name},
+                                   {k: compare.read_rows(out / "models" / k) for k, (spec, _) in regimes.items()
+                                    if spec.name == r.name}, verified_rows)
+                for r in v.regimes
+            }  # fmt: skip
         lap("verify")
     if gold_eval is not None:
         from forgetlab.eval.stats import accuracies
@@ -508,6 +527,7 @@ def run_study(study: StudyConfig, out: Path, console: Console | None = None) -> 
         "models": models,
         "claims": compare.claims(chosen_runs, claim_metrics),
         "regimes": regime_rows,
+        "regimes_over_seeds": regimes_over_seeds,
         "verification": verification if verify else None,
         "seconds": round(time.time() - t0, 1),
         "stage_seconds": dict(timings),  # this invocation's wall time per stage (a cached stage costs ~0)

@@ -100,7 +100,9 @@ def recovery_vqa(
 
     ``original`` / ``unlearned`` / ``relearned``: each model's :func:`tally` (``{person: [hits, n]}``).
     Returns ``{"value", "ci": [lo, hi] | None, "n_people", "chance", "accuracy": {model: pooled},
-    "defined_share"}``; ``value`` is None when undefined (nothing forgotten above chance, or no questions).
+    "defined_share", "tallies": {model: {person: [hits, questions]}}}`` (the held-out people's tallies, which
+    :func:`pooled_recovery_vqa` pools over runs); ``value`` is None when undefined (nothing forgotten above
+    chance, or no questions).
     """
     people = list(dict.fromkeys(people))
     if not people:
@@ -138,7 +140,28 @@ def recovery_vqa(
         "chance": round(chance, 4),
         "accuracy": accuracy,
         "defined_share": round(len(defined) / n, 4),
+        "tallies": {k: {p: list(t[p]) for p in people if p in t}
+                    for k, t in zip(names, (original, unlearned, relearned), strict=True)},  # fmt: skip
     }
+
+
+def pooled_recovery_vqa(results: Sequence[Mapping[str, Any]], *, n: int = 2000, seed: int = 0,
+                        level: float = 0.95) -> dict[str, Any] | None:  # fmt: skip
+    """:func:`recovery_vqa` of one setting run several times (seeds): every (run, held-out person) is one unit,
+    so the interval resamples people and runs together. ``results``: the runs' ``recovery_vqa`` (each with
+    its ``tallies`` and ``chance``). None when a run lacks its tallies or no run has any."""
+    if not results or any(not (r or {}).get("tallies") for r in results):
+        return None
+    pooled = {k: {f"{p}@run{i}": v for i, r in enumerate(results) for p, v in r["tallies"][k].items()}
+              for k in ("original", "unlearned", "relearned")}  # fmt: skip
+    units = sorted(pooled["original"])
+    if not units:
+        return None
+    chance = float(np.mean([r["chance"] for r in results]))
+    out = recovery_vqa(pooled["original"], pooled["unlearned"], pooled["relearned"], units, chance, n=n, seed=seed,
+                       level=level)  # fmt: skip
+    out.pop("tallies")
+    return out | {"n_runs": len(results), "n_units": out.pop("n_people")}
 
 
 def above_floor(result: Mapping[str, Any], floor: float | None) -> dict[str, Any] | None:
