@@ -15,8 +15,12 @@ bench's default of 1):
    ``torch.utils.flop_counter.FlopCounterMode`` in a separate untimed pass (matmuls, convolutions,
    attention; the optimizer's element-wise update is not counted).
 
+4. the step's own matrix products (every ``mm`` / ``addmm`` / ``bmm`` it dispatches, with its shapes), each
+   timed alone with ``torch.mm`` / ``torch.bmm``: the rate those shapes reach on this machine, an upper
+   bound on the step's utilisation at this model size (small matrices run below the large-N peak).
+
 Reported: examples/s, tokens/s (real tokens, padding excluded; image placeholder tokens included),
-achieved GFLOP/s = counted FLOPs / timed seconds, and utilisation = achieved / peak.
+achieved GFLOP/s = counted FLOPs / timed seconds, utilisation = achieved / peak, and the shape bound.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from pathlib import Path
 
 import torch
 from _common import add_common_args, row, run_main, table_rows
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 QUICK = {"steps": 10}
@@ -48,6 +53,49 @@ def matmul_gflops(sizes: list[int], reps: int) -> dict[int, float]:
             best = min(best, time.perf_counter() - t0)
         out[n] = 2 * n**3 / best / 1e9
     return out
+
+
+class MatmulShapes(TorchDispatchMode):
+    """Records every matrix product a step dispatches (``mm``, ``addmm``, ``bmm``, ``baddbmm``) with its shapes."""
+
+    OPS = ("mm", "addmm", "bmm", "baddbmm")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, tuple[int, ...]]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if name in self.OPS:
+            a, b = (args[1], args[2]) if name in ("addmm", "baddbmm") else (args[0], args[1])
+            dims = (1, *a.shape, b.shape[-1]) if a.dim() == 2 else (a.shape[0], a.shape[1], a.shape[2], b.shape[-1])
+            self.calls.append((name, tuple(int(d) for d in dims)))  # (batch, M, K, N)
+        return func(*args, **(kwargs or {}))
+
+
+def shape_bound(calls: list[tuple[str, tuple[int, ...]]], reps: int) -> dict:
+    """The step's own matrix products timed alone (best of ``reps`` each, fp32): their FLOPs, their seconds
+    and the GFLOP/s those shapes reach. A step cannot run its products faster than they run alone, so this
+    rate bounds the step's achievable utilisation at this model size."""
+    gen = torch.Generator().manual_seed(0)
+    counts: dict[tuple[int, ...], int] = {}
+    for _, dims in calls:
+        counts[dims] = counts.get(dims, 0) + 1
+    seconds = flops = 0.0
+    for (batch, m, k, n), count in counts.items():
+        a, b = torch.randn(batch, m, k, generator=gen), torch.randn(batch, k, n, generator=gen)
+        run = (lambda a=a, b=b: torch.mm(a[0], b[0])) if batch == 1 else (lambda a=a, b=b: torch.bmm(a, b))
+        run()
+        best = float("inf")
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            run()
+            best = min(best, time.perf_counter() - t0)
+        seconds += best * count
+        flops += 2.0 * batch * m * k * n * count
+    batch, m, k, n = max(counts, key=lambda d: counts[d] * d[0] * d[1] * d[2] * d[3])  # the most FLOPs
+    return {"flops": flops, "seconds": seconds, "gflops": flops / seconds / 1e9, "distinct_shapes": len(counts),
+            "products": len(calls), "main_shape": f"{batch}x{m}x{k}x{n}" if batch > 1 else f"{m}x{k}x{n}"}  # fmt: skip
 
 
 def measure(args: argparse.Namespace) -> dict:
@@ -89,6 +137,9 @@ def measure(args: argparse.Namespace) -> dict:
             flops += counter.get_total_flops()
             for op, n in counter.get_flop_counts()["Global"].items():
                 by_op[str(op).split(".")[-1]] = by_op.get(str(op).split(".")[-1], 0) + n
+        with MatmulShapes() as shapes:  # one more untimed step: the shapes of its matrix products
+            recipe.run_step(timed[0], recipe.steps[timed[0]])
+        bound = shape_bound(shapes.calls, args.reps)
     peak_after = matmul_gflops(args.sizes, args.reps)
     print("matmul GFLOP/s after:  " + ", ".join(f"N={n}: {g:.1f}" for n, g in peak_after.items()), flush=True)
     peak = {n: max(peak_before[n], peak_after[n]) for n in args.sizes}
@@ -106,6 +157,7 @@ def measure(args: argparse.Namespace) -> dict:
         "padded_tokens": padded,
         "flops": flops,
         "flops_by_op": by_op,
+        "shape_bound": bound,
     }
 
 
@@ -119,6 +171,8 @@ def derived(res: dict) -> dict:
         "gflop_per_step": res["flops"] / res["steps"] / 1e9,
         "achieved_gflops": achieved,
         "utilisation": achieved / res["peak_gflops"],
+        "shape_utilisation": res["shape_bound"]["gflops"] / res["peak_gflops"],
+        "of_shape_bound": achieved / res["shape_bound"]["gflops"],
     }
 
 
@@ -134,6 +188,10 @@ def report(res: dict, args: argparse.Namespace) -> None:
     print(f"achieved          {d['achieved_gflops']:8.1f} GFLOP/s = {d['utilisation']:.1%} of the matmul peak")
     total = sum(res["flops_by_op"].values())
     print("FLOPs by op: " + ", ".join(f"{k} {v / total:.1%}" for k, v in sorted(res["flops_by_op"].items())))
+    b = res["shape_bound"]
+    print(f"the step's own {b['products']} matrix products ({b['distinct_shapes']} shapes), timed alone: "
+          f"{b['gflops']:.1f} GFLOP/s = {d['shape_utilisation']:.1%} of the peak; the step reaches "
+          f"{d['of_shape_bound']:.1%} of that")  # fmt: skip
 
 
 def to_rows(res: dict, args: argparse.Namespace) -> list[dict]:
@@ -154,9 +212,15 @@ def to_rows(res: dict, args: argparse.Namespace) -> list[dict]:
         row(name, "achieved GFLOP/s (fwd+bwd FLOPs / step time)", f"{d['achieved_gflops']:.1f} GFLOP/s", note=(
             f"{d['gflop_per_step']:.2f} GFLOP/step by FlopCounterMode ({ops})"),
             achieved_gflops=d["achieved_gflops"], gflop_per_step=d["gflop_per_step"], flops_by_op=res["flops_by_op"]),
-        row(name, "FLOP utilisation = achieved / matmul peak", f"{d['utilisation']:.1%}",
+        row(name, "FLOP utilisation = achieved / matmul peak", f"{d['utilisation']:.1%}", goal=">= 60% or why not",
+            ok=d["utilisation"] >= 0.6 or None,
             note="same process, same thread count; optimizer update and data collation are in the step time "
             "but not in the FLOPs", utilisation=d["utilisation"]),
+        row(name, "the step's matrix products timed alone / matmul peak", f"{d['shape_utilisation']:.1%}", note=(
+            f"{res['shape_bound']['products']} products per step in {res['shape_bound']['distinct_shapes']} shapes "
+            f"(most FLOPs in {res['shape_bound']['main_shape']}, M x K x N), {res['shape_bound']['gflops']:.1f} "
+            "GFLOP/s: the most this model size allows; "
+            f"the step reaches {d['of_shape_bound']:.0%} of it"), **res["shape_bound"]),
     ]  # fmt: skip
 
 

@@ -520,11 +520,13 @@ def _capture_pass(
     was_training = model.training
     model.eval()
     try:
+        # batches of similar length (little padding), every feature row put back in the examples' order below
+        order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
         with _Recorder(sites, _has_cls_token(model)) as rec:
             for start in range(0, len(examples), batch_size):
-                part = examples[start : start + batch_size]
+                index = torch.tensor(order[start : start + batch_size])
+                part = [examples[i] for i in index.tolist()]
                 batch = collate(part, pad_id)
-                index = torch.arange(start, start + len(part))
                 with_image = torch.tensor([e.pixel_values is not None for e in part])
                 rec.weights = pooling_weights(
                     batch["input_ids"], batch["attention_mask"], poolings, bos_id=bos_id, image_ids=image_ids
@@ -545,14 +547,15 @@ def _capture_pass(
         model.train(was_training)
     out: dict[str, Features] = {}
     names = [s.name for s in sites if chunks[s.name]]
+    perm = {n: torch.argsort(torch.cat(rows[n])) for n in names}  # back to the examples' order
+    row_map = {n: torch.cat(rows[n])[perm[n]].to(torch.int64) for n in names}
     for pi, p in enumerate(poolings):
         feats = {}
         for s in sites:
             if not chunks[s.name]:
                 continue
             parts = [c[pi] if s.stream == "language" else c for c in chunks[s.name]]
-            feats[s.name] = torch.cat(parts).contiguous()
-        row_map = {n: torch.cat(rows[n]).to(torch.int64) for n in names}
+            feats[s.name] = torch.cat(parts)[perm[s.name]].contiguous()
         out[p] = Features(p, list(names), feats, row_map, len(examples), dict(meta))
     return out
 
@@ -574,7 +577,8 @@ def capture(
         processor: its processor (or tokenizer, for text LMs).
         examples: encoded probe set (see :func:`encode_probe`).
         poolings: any of :data:`POOLINGS`; all are computed from the same forward pass.
-        batch_size: examples per forward (right padding; results do not depend on it).
+        batch_size: examples per forward (examples of similar length together, right padding; the results
+            do not depend on it, nor on the order of the examples in a batch).
         cache_dir, model_key: when both are given, poolings already cached for
             (model_key, probe set) are read instead of recomputed, and new ones are written.
 

@@ -57,31 +57,51 @@ class MaskedAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None, masked: bool = True):  # type: ignore[override]
+        """One AdamW step of every parameter with a gradient (``masked``: only where its mask is True).
+
+        The element-wise arithmetic runs as ``torch._foreach_*`` ops over all of a group's tensors at once
+        (one kernel launch per operation instead of one per tensor and operation: on a small model the
+        per-tensor launches were a tenth of an unlearning step); per element it is the same sequence of
+        operations as the one-tensor-at-a-time loop, hence the same bits.
+        """
         loss = closure() if closure is not None else None
         for group in self.param_groups:
             lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
+            params = [p for p in group["params"] if p.grad is not None]
+            for p in params:
                 state = self.state[p]
                 if not state:
                     state["step"] = 0
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["step"] += 1
-                m, v, t = state["exp_avg"], state["exp_avg_sq"], state["step"]
-                g = p.grad
-                m.mul_(b1).add_(g, alpha=1 - b1)
-                v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            by_step: dict[int, list[torch.nn.Parameter]] = {}
+            for p in params:  # parameters with the same step count share the bias corrections
+                by_step.setdefault(self.state[p]["step"], []).append(p)
+            for t, ps in by_step.items():
+                grads = [p.grad for p in ps]
+                ms = [self.state[p]["exp_avg"] for p in ps]
+                vs = [self.state[p]["exp_avg_sq"] for p in ps]
+                torch._foreach_mul_(ms, b1)
+                torch._foreach_add_(ms, grads, alpha=1 - b1)
+                torch._foreach_mul_(vs, b2)
+                torch._foreach_addcmul_(vs, grads, grads, value=1 - b2)
                 bias1, bias2 = 1 - b1**t, 1 - b2**t
                 # sqrt(v / bias2 + 1e-30): on common x86 CPUs sqrt(0) is ~10x slower than sqrt of a normal
                 # number, and masked gradients leave many exact zeros in v; the shift is < 1e-15 << eps
-                denom = v.div(bias2).add_(_SQRT_SHIFT).sqrt_().add_(eps)
-                update = denom.reciprocal_().mul_(m).mul_(lr / bias1)  # reuses denom's buffer
+                updates = torch._foreach_div(vs, bias2)
+                torch._foreach_add_(updates, _SQRT_SHIFT)
+                torch._foreach_sqrt_(updates)
+                torch._foreach_add_(updates, eps)
+                torch._foreach_reciprocal_(updates)
+                torch._foreach_mul_(updates, ms)
+                torch._foreach_mul_(updates, lr / bias1)
                 if wd:
-                    update.add_(p, alpha=lr * wd)
-                keep = self.keep.get(id(p)) if masked else None
-                if keep is not None:
-                    update.mul_(keep).add_(0.0)  # x * 0 is -0 for negative x; -0 + 0 = +0, and p - (+0) == p
-                p.sub_(update)
+                    torch._foreach_add_(updates, ps, alpha=lr * wd)
+                if masked:
+                    for p, update in zip(ps, updates, strict=True):
+                        keep = self.keep.get(id(p))
+                        if keep is not None:
+                            update.mul_(keep).add_(0.0)  # x * 0 is -0 for negative x; -0 + 0 = +0, p - (+0) == p
+                torch._foreach_sub_(ps, updates)
         return loss
