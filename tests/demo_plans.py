@@ -30,6 +30,7 @@ TOY: dict[str, object] = {
     ],
     "selection.seeds": 2,  # the chosen setting again at a second seed: intervals over people and seeds
     "verify.relearn.lr": 1e-3,
+    "verify.relearn.max_epochs": 1,  # the decisive attack's epoch loop is tests/verify/test_decisive.py's
     "verify.probe.per_group": 4,
     "verify.regime_seeds": 2,  # each regime again at a second seed, pooled (regimes_over_seeds)
     "verify.regimes": [

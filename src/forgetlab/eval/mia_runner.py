@@ -58,8 +58,9 @@ def answer_token_stats(
 ) -> list[TokenStats]:
     """Per-example answer-token log p(target), μ and σ of log p over the vocabulary.
 
-    One forward pass per batch of ``batch_size`` examples (right padding); the result does not
-    depend on the batch composition. Raises when an example has no answer token.
+    One forward pass per batch of ``batch_size`` examples of similar length (right padding); the result
+    does not depend on the batch composition and comes in the samples' order. Raises when an example has
+    no answer token.
     """
     if not samples:
         return []
@@ -70,27 +71,29 @@ def answer_token_stats(
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    out: list[TokenStats] = []
+    out: list[TokenStats | None] = [None] * len(examples)
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))  # little padding
     try:
         for start in range(0, len(examples), batch_size):
-            batch = collate(examples[start : start + batch_size], pad_id)
+            index = order[start : start + batch_size]
+            batch = collate([examples[i] for i in index], pad_id)
             kwargs = to_model(model, forward_kwargs(model, batch))
             logits = model(**kwargs, use_cache=False).logits[:, :-1]
             targets = batch["labels"][:, 1:].to(device)
             mask = targets != IGNORE
             counts = mask.sum(dim=1).tolist()
-            for i, c in enumerate(counts):
+            for i, c in zip(index, counts, strict=True):
                 if c == 0:
-                    raise ValueError(f"example {start + i} has no answer token to score: {samples[start + i]!r:.80}")
+                    raise ValueError(f"example {i} has no answer token to score: {samples[i]!r:.80}")
             lp, mu, sigma = _token_stats(logits[mask], targets[mask])
             bounds = np.cumsum([0, *counts])
             arrays = [t.cpu().numpy().astype(np.float64) for t in (lp, mu, sigma)]
-            for i in range(len(counts)):
-                a, b = bounds[i], bounds[i + 1]
-                out.append(TokenStats(arrays[0][a:b], arrays[1][a:b], arrays[2][a:b]))
+            for row, i in enumerate(index):
+                a, b = bounds[row], bounds[row + 1]
+                out[i] = TokenStats(arrays[0][a:b], arrays[1][a:b], arrays[2][a:b])
     finally:
         model.train(was_training)
-    return out
+    return out  # type: ignore[return-value]
 
 
 def attack_scores(
