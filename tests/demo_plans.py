@@ -32,6 +32,7 @@ TOY: dict[str, object] = {
     "verify.relearn.lr": 1e-3,
     "verify.relearn.max_epochs": 1,  # the decisive attack's epoch loop is tests/verify/test_decisive.py's
     "verify.probe.per_group": 4,
+    "verify.twins": True,  # the demo skips verifying the -nomask twins for time; the toy checks that path
     "verify.regime_seeds": 2,  # each regime again at a second seed, pooled (regimes_over_seeds)
     "verify.regimes": [
         {"name": "single", "title": "one request", "expected": "reversible", "lr": 1e-4},

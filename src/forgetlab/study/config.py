@@ -148,15 +148,21 @@ class VerifySpec(VerifySettings):
     enabled: bool = True
     models: Literal["chosen", "all"] = Field("chosen", description="each method's chosen run, or every run")
     regimes: list[RegimeSpec] = Field(default_factory=list, description="reference regimes, verified like runs")
+    twins: bool = Field(True, description="also verify the chosen runs of the '-nomask' twins (the mask ablation)")
+    regime_mia: bool = Field(True, description="membership inference on the regimes too (else only on the runs)")
     regime_seeds: int = Field(
         1, ge=1, description="each regime runs (and is verified) at this many seeds, the schedule's first (named "
         "like the regime) then the next ones ('<regime>-s<seed>'), and is pooled over them with 95% intervals",
     )  # fmt: skip
 
-    def settings(self, plots: bool = False) -> VerifySettings:
-        """The settings :func:`forgetlab.verify.assess.verify_model` records (what its cache keys on)."""
+    def settings(self, plots: bool = False, regime: bool = False) -> VerifySettings:
+        """The settings :func:`forgetlab.verify.assess.verify_model` records (what its cache keys on); ``regime``:
+        a regime's (no membership inference unless ``regime_mia``)."""
         fields = {k: getattr(self, k) for k in VerifySettings.model_fields}
-        return VerifySettings(**fields | {"probe": self.probe.model_copy(update={"plots": plots})})
+        fields["probe"] = self.probe.model_copy(update={"plots": plots})
+        if regime and not self.regime_mia:
+            fields["mia"] = False
+        return VerifySettings(**fields)
 
 
 class EvalSpec(_Section):

@@ -294,16 +294,19 @@ def baseline_job(out: Path, ref: DataRef, original: Path, settings: VerifySettin
 
 
 def verify_job(out: Path, ref: DataRef, original: Path, name: str, path: Path, settings: VerifySettings,
-               baseline: dict) -> dict:  # fmt: skip
-    """:func:`~forgetlab.verify.assess.verify_model` of one model; a run's saved answers stand in for the
+               baseline: dict, evaluated: tuple[Path, dict] | None = None) -> dict:  # fmt: skip
+    """:func:`~forgetlab.verify.assess.verify_model` of one model; its evaluation already made (a run's saved
+    answers and ``eval.json``, or ``evaluated``: a regime's answers file and metrics) stands in for the
     unlearned model's evaluation in the relearning attack."""
     from forgetlab.verify.relearn import halves_from
 
     data = ref.load()
     view = None
-    if (path / ROWS).exists() and (path / "eval.json").exists():
-        rows = [json.loads(line) for line in (path / ROWS).read_text().splitlines()]
+    rows_file, metrics = evaluated or (path / ROWS, None)
+    if metrics is None and (path / "eval.json").exists():
         metrics = json.loads((path / "eval.json").read_text())["value"]
+    if rows_file.exists() and metrics is not None:
+        rows = [json.loads(line) for line in rows_file.read_text().splitlines()]
         view = halves_from(data.name, rows, metrics, baseline["halves"]["people"])
     return verify_model(original, path, data, out / "verify" / name, settings=settings, baseline=baseline,
                         unlearned_view=view, cache_dir=out / "verify" / "features")  # fmt: skip
@@ -388,6 +391,7 @@ def run_study(study: StudyConfig, out: Path, console: Console | None = None) -> 
     extra_seeds: dict[str, dict] = {}
     unlearning = {k for k in jobs if k.startswith("grid ")} | set(regimes)
     to_verify: dict[str, Path] = {}
+    evaluated: dict[str, tuple[Path, dict]] = {}  # a regime's answers and metrics (a run's sit in its folder)
     baseline: dict[str, Any] = {}
 
     def _fisher_plot(name: str) -> bool:  # a regime's Fisher histograms (the report's figure), at its first seed
@@ -412,7 +416,7 @@ def run_study(study: StudyConfig, out: Path, console: Console | None = None) -> 
                 new[f"seeds {label}"] = (seeds_job, (study, g, choose(result, *selection), original, ref, models_dir))
         else:
             extra_seeds[label] = result
-        if verify and not any(k.endswith(f" {label}") for k in new):
+        if verify and not any(k.endswith(f" {label}") for k in new) and (v.twins or not g.nomask):
             chosen = choose(grids[label], *selection)
             names = grids[label] if v.models == "all" else [chosen]
             to_verify.update({k: models_dir / k for k in names})
@@ -431,6 +435,7 @@ def run_study(study: StudyConfig, out: Path, console: Console | None = None) -> 
             new = on_group(name, result)
         elif name in regimes:
             to_verify[name] = out / result["path"]
+            evaluated[name] = (out / "models" / name / ROWS, result)
         unlearning.discard(name)
         unlearning.update(new)
         if not unlearning and (name in regimes or name.startswith(("grid ", "seeds "))):
@@ -438,7 +443,8 @@ def run_study(study: StudyConfig, out: Path, console: Console | None = None) -> 
         if not baseline:
             return new
         # the report draws every model's curves itself; only the regimes' Fisher histograms come from PNGs
-        ready = {f"verify {k}": (verify_job, (out, ref, original, k, path, v.settings(plots=_fisher_plot(k)), baseline))
+        ready = {f"verify {k}": (verify_job, (out, ref, original, k, path, v.settings(_fisher_plot(k), k in regimes),
+                                              baseline, evaluated.get(k)))
                  for k, path in to_verify.items()}  # fmt: skip
         to_verify.clear()
         return new | ready
