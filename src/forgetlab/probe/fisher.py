@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -154,8 +154,27 @@ def fisher_report(
         s = summarize(torch.cat([fisher[n].reshape(-1) for n in names]))
         for k in (*_STATS, "hist"):
             report[k].append(s[k])
-    report["total"] = summarize(torch.cat([t.reshape(-1) for t in fisher.values()]))
+    report["total"] = _total(report, torch.cat([t.reshape(-1) for t in fisher.values()]))
     return report
+
+
+def _total(report: Mapping[str, Any], values: torch.Tensor) -> dict:
+    """:func:`summarize` of all parameters, its additive parts (counts, histogram, mean, max) taken from the
+    per-layer summaries in ``report`` and only the quantiles from the values themselves (every parameter
+    belongs to exactly one layer): the same numbers, without a second pass of logarithms over all of them."""
+    n = int(sum(report["n"]))
+    if n != values.numel():
+        raise ValueError(f"the layers hold {n} Fisher values, the model {values.numel()}")
+    out: dict = {"n": n, "mean": sum(m * k for m, k in zip(report["mean"], report["n"], strict=True)) / n,
+                 "max": max(report["max"])}  # fmt: skip
+    ranks = [min(n, max(1, math.ceil(q * n))) - 1 for q in QUANTILES]
+    part = np.partition(values.detach().float().cpu().numpy(), ranks)
+    for q, r in zip(QUANTILES, ranks, strict=True):
+        out[f"q{round(q * 100)}"] = float(part[r])
+    for k in ("zeros", "below", "above"):
+        out[k] = int(sum(report[k]))
+    out["hist"] = [int(sum(col)) for col in zip(*report["hist"], strict=True)]
+    return out
 
 
 def _occupied(reports: Mapping[str, Mapping]) -> tuple[float, float]:
