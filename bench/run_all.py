@@ -180,7 +180,7 @@ def markdown(rows: list[dict], info: dict, mode: str, load: dict, wall: float) -
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--full", action="store_true", help="each script's full sizes (bench_probe alone takes ~4 min)")
+    ap.add_argument("--full", action="store_true", help="each script's full sizes")
     ap.add_argument("--threads", type=int, default=1, help="torch threads in every bench (default 1)")
     ap.add_argument("--only", nargs="+", metavar="NAME", help="run only these (flops, unlearn, eval, cka, ...)")
     ap.add_argument("--demo-metrics", type=Path, default=None, help="the demo's metrics.json (runs/demo/...)")

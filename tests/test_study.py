@@ -296,3 +296,20 @@ def test_verify_a_model_unlearned_a_few_steps_on_a_real_schema_folder(tmp_path, 
             "--relearn-lr", "1e-3", "--probe-per-group", "6"]  # fmt: skip
     assert runner.invoke(app, args).exit_code == 0
     assert (out / "verify.json").stat().st_mtime_ns == stamp
+
+
+def test_unverified_twins_still_get_their_membership_inference(tmp_path, llava, mllmu) -> None:
+    """``verify.twins: false`` (the demo's setting): the -nomask twin's chosen run is not verified, but its MIA
+    AUCs (what its PrivLeak needs) are measured on their own; the masked method itself is verified."""
+    path = _study(tmp_path, {"kind": "mllmu", "path": str(mllmu)}, llava, 10, ablate_masks=True,
+                  runs=[{"method": "mmunlearner", "lrs": [1e-3], "args": {"groups": "language"}}],
+                  verify={"relearn": {"lr": 1e-3, "batch_size": 4, "max_epochs": 1}, "probe": {"per_group": 6},
+                          "twins": False, "quantize": ["8bit"]})  # fmt: skip
+    result = runner.invoke(app, ["run", str(path), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    models = json.loads((tmp_path / "run" / "metrics.json").read_text())["models"]
+    masked, twin = models["mmunlearner@0.001"], models["mmunlearner-nomask@0.001"]
+    verified = tmp_path / "run" / "verify"
+    assert masked["verdict"] and (verified / "mmunlearner@0.001" / "verify.json").exists()
+    assert "verdict" not in twin and not (verified / "mmunlearner-nomask@0.001" / "verify.json").exists()
+    assert twin["mia"]["nonmembers"] and 0 <= twin["mia"]["vqa"]["loss"] <= 1

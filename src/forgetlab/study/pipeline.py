@@ -293,6 +293,15 @@ def baseline_job(out: Path, ref: DataRef, original: Path, settings: VerifySettin
     return base | {"control": control}
 
 
+def mia_job(out: Path, ref: DataRef, name: str, path: Path) -> dict:
+    """Membership inference alone (memoised in ``verify/<name>/mia.json``): a chosen run that is not verified
+    (``verify.twins: false``) still gets the MIA AUCs its PrivLeak needs."""
+    from forgetlab.verify.assess import membership
+
+    key = model_key(path) | {"data": ref.key()}
+    return memo(out / "verify" / name / "mia.json", key, lambda: membership(path, ref.load()))
+
+
 def verify_job(out: Path, ref: DataRef, original: Path, name: str, path: Path, settings: VerifySettings,
                baseline: dict, evaluated: tuple[Path, dict] | None = None) -> dict:  # fmt: skip
     """:func:`~forgetlab.verify.assess.verify_model` of one model; its evaluation already made (a run's saved
@@ -416,10 +425,13 @@ def run_study(study: StudyConfig, out: Path, console: Console | None = None) -> 
                 new[f"seeds {label}"] = (seeds_job, (study, g, choose(result, *selection), original, ref, models_dir))
         else:
             extra_seeds[label] = result
-        if verify and not any(k.endswith(f" {label}") for k in new) and (v.twins or not g.nomask):
+        if verify and not any(k.endswith(f" {label}") for k in new):
             chosen = choose(grids[label], *selection)
-            names = grids[label] if v.models == "all" else [chosen]
-            to_verify.update({k: models_dir / k for k in names})
+            if v.twins or not g.nomask:
+                names = grids[label] if v.models == "all" else [chosen]
+                to_verify.update({k: models_dir / k for k in names})
+            elif v.mia:  # not verified: its membership inference alone, for PrivLeak
+                new[f"mia {chosen}"] = (mia_job, (out, ref, chosen, models_dir / chosen))
         return new
 
     def then(name: str, result: Any) -> dict[str, tuple]:
@@ -437,7 +449,7 @@ def run_study(study: StudyConfig, out: Path, console: Console | None = None) -> 
             to_verify[name] = out / result["path"]
             evaluated[name] = (out / "models" / name / ROWS, result)
         unlearning.discard(name)
-        unlearning.update(new)
+        unlearning.update(k for k in new if k.startswith(("grid ", "seeds ")))
         if not unlearning and (name in regimes or name.startswith(("grid ", "seeds "))):
             lap("unlearn")
         if not baseline:
@@ -487,6 +499,8 @@ def run_study(study: StudyConfig, out: Path, console: Console | None = None) -> 
         for name in (k.removeprefix("verify ") for k in done if k.startswith("verify ")):
             row = models[name] if name in models else regime_rows[name]
             row |= {k: done[f"verify {name}"].get(k) for k in VERIFY_KEYS}
+        for name in (k.removeprefix("mia ") for k in done if k.startswith("mia ")):
+            models[name]["mia"] = done[f"mia {name}"]
         # the representation threshold calibrated leave-one-out over the verified models' behaviour
         verification = recalibrate({k: r for k, r in (models | regime_rows).items() if "evidence" in r})
         for row in regime_rows.values():  # the measured reversibility against what the source paper reports
