@@ -219,7 +219,7 @@ def to_rows(res: dict, args: argparse.Namespace) -> list[dict]:
         row(name, "the step's matrix products timed alone / matmul peak", f"{d['shape_utilisation']:.1%}", note=(
             f"{res['shape_bound']['products']} products per step in {res['shape_bound']['distinct_shapes']} shapes "
             f"(most FLOPs in {res['shape_bound']['main_shape']}, M x K x N), {res['shape_bound']['gflops']:.1f} "
-            "GFLOP/s: the most this model size allows; "
+            "GFLOP/s: the rate these shapes reach alone; "
             f"the step reaches {d['of_shape_bound']:.0%} of it"), **res["shape_bound"]),
     ]  # fmt: skip
 
