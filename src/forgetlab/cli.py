@@ -167,9 +167,7 @@ def print_metrics(models: dict[str, dict]) -> None:
 def print_regimes_over_seeds(pooled: dict[str, dict]) -> None:
     """Each regime over its seeds: report-part accuracies [95% CI over people and seeds], the pooled held-out
     recovery [CI], each seed's verdict (counted) and the verdict of the pooled evidence."""
-
-    def cell(value: float | None, ci: list | None) -> str:
-        return "-" if value is None else f"{value:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+    from forgetlab.study.draws import interval_text as cell
 
     table = Table(title="regimes over seeds (report part; 95% intervals over people and seeds)")
     for title in ("regime", "seeds", "forget VQA", "retain VQA", "recovery VQA", "per seed", "pooled verdict"):

@@ -94,14 +94,17 @@ def _chunks(items: Sequence, size: int):
 def _answer_suffix_len(processor, sample: Sample) -> int:
     """Tokens the chat template appends after an answer (end-of-turn markers); memoised per tokenizer and
     question (like :func:`option_tokens`)."""
-    key = (processor_fingerprint(processor), "suffix", sample.question)
-    if key not in _PLANS:
+    key = (processor_fingerprint(processor), sample.question)
+    if key not in _SUFFIXES:
+        if len(_SUFFIXES) >= _MAX_PLANS:
+            _SUFFIXES.clear()
         e = encode(processor, replace(sample, image=None), answer="")
-        _PLANS[key] = len(e.input_ids) - e.prompt_len  # type: ignore[assignment]
-    return _PLANS[key]  # type: ignore[return-value]
+        _SUFFIXES[key] = len(e.input_ids) - e.prompt_len
+    return _SUFFIXES[key]
 
 
 _PLANS: dict[tuple, dict[str, int] | None] = {}
+_SUFFIXES: dict[tuple, int] = {}
 _MAX_PLANS = 200_000
 
 

@@ -249,7 +249,8 @@ def pooled_claims(pooled: Mapping[str, Mapping[str, Any]], metrics: Sequence[str
     return out
 
 
-def _cell(mean: float | None, ci: Sequence[float] | None) -> str:
+def interval_text(mean: float | None, ci: Sequence[float] | None) -> str:
+    """``0.34 [0.24, 0.44]`` (``0.34`` without an interval, ``-`` without a value)."""
     if mean is None:
         return "-"
     return f"{mean:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else f"{mean:.2f}"
@@ -284,7 +285,7 @@ def draws_markdown(pooled: Mapping[str, Any]) -> str:
     ]
     for label, g in sorted(pooled["groups"].items()):
         lrs = ", ".join(f"{g['per_draw'][s]['lr']:g}" for s in draws)
-        cells = " | ".join(_cell(g["reported"].get(k), g["ci"].get(k)) for k in SHOWN)
+        cells = " | ".join(interval_text(g["reported"].get(k), g["ci"].get(k)) for k in SHOWN)
         extra = " | ".join(_number(g.get(k)) for k in ("matched_utility", "forget_quality", "privleak"))
         lines.append(f"| {label} | {lrs} | {cells} | {extra} |")
     lines += ["", "Claims the pooled intervals support (held alone in k of the draws):", ""]
@@ -305,11 +306,11 @@ def draws_markdown(pooled: Mapping[str, Any]) -> str:
             r = pooled["regimes"][s].get(name) or {}
             rec = r.get("recovery_vqa") or {}
             ci = rec.get("ci")
-            shown = "" if rec.get("value") is None else f"; recovery {_cell(rec['value'], ci)}"
+            shown = "" if rec.get("value") is None else f"; recovery {interval_text(rec['value'], ci)}"
             cells.append(f"{r.get('verdict')}{shown}")
         p = (pooled.get("regimes_pooled") or {}).get(name) or {}
         rep, ci = p.get("reported") or {}, p.get("ci") or {}
-        pooled_cells = [_cell(rep.get(k), ci.get(k)) for k in ("forget_vqa_acc", "retain_vqa_acc")]
+        pooled_cells = [interval_text(rep.get(k), ci.get(k)) for k in ("forget_vqa_acc", "retain_vqa_acc")]
         lines.append(f"| {name} | " + " | ".join(cells + pooled_cells + [_number(p.get("recovery_vqa_mean"))]) + " |")
     return "\n".join(lines) + "\n"
 

@@ -251,15 +251,14 @@ def gold_job(out: Path, ref: DataRef, gold: Path, ev: EvalSpec, mia: bool) -> di
     return memo(out / "cache" / "gold_eval.json", key, compute)
 
 
-def regime_job(study: StudyConfig, regime: RegimeSpec, out: Path, ref: DataRef, original: Path,
-               name: str | None = None, seed: int | None = None) -> dict:  # fmt: skip
-    """Unlearn one regime at one seed (kept when finished) into ``models/<name>`` (default: the regime's
-    name, the schedule's seed) and evaluate it (memoised): its metrics row."""
+def regime_job(study: StudyConfig, regime: RegimeSpec, out: Path, ref: DataRef, original: Path, name: str,
+               seed: int) -> dict:  # fmt: skip
+    """Unlearn one regime at one seed (kept when finished) into ``models/<name>`` (:meth:`StudyConfig.regime_runs`)
+    and evaluate it (memoised): its metrics row."""
     from forgetlab.benchmarks import evaluate_benchmark
     from forgetlab.models.load import load_for_eval
     from forgetlab.verify.regimes import run_regime
 
-    name = name or regime.name
     config = study.regime_config(regime, seed)
     path = run_regime(regime.name, regime.requests, config, original, Path(ref.root), ref.percent,
                       out / "models" / name)  # fmt: skip
@@ -502,19 +501,19 @@ def run_study(study: StudyConfig, out: Path, console: Console | None = None) -> 
         for name in (k.removeprefix("mia ") for k in done if k.startswith("mia ")):
             models[name]["mia"] = done[f"mia {name}"]
         # the representation threshold calibrated leave-one-out over the verified models' behaviour
-        verification = recalibrate({k: r for k, r in (models | regime_rows).items() if "evidence" in r})
+        verified_rows = {k: r for k, r in (models | regime_rows).items() if "evidence" in r}
+        verification = recalibrate(verified_rows)
         for row in regime_rows.values():  # the measured reversibility against what the source paper reports
             if "verdict" in row and row["expected"] != NOT_REPORTED:
                 row["as_expected"] = row["verdict"].split(",")[0] == row["expected"].split(",")[0]
         if v.regime_seeds > 1:  # each regime over its seeds: intervals over people and seeds, one pooled verdict
             from forgetlab.verify.regimes import pool_seeds
 
-            verified_rows = {k: r for k, r in (models | regime_rows).items() if "evidence" in r}
+            runs_of = {r.name: [k for k, (spec, _) in regimes.items() if spec.name == r.name] for r in v.regimes}
             regimes_over_seeds = {
-                r.name: pool_seeds({k: regime_rows[k] for k, (spec, _) in regimes.items() if spec.name == r.name},
-                                   {k: compare.read_rows(out / "models" / k) for k, (spec, _) in regimes.items()
-                                    if spec.name == r.name}, verified_rows)
-                for r in v.regimes
+                regime: pool_seeds({k: regime_rows[k] for k in names},
+                                   {k: compare.read_rows(out / "models" / k) for k in names}, verified_rows)
+                for regime, names in runs_of.items()
             }  # fmt: skip
         lap("verify")
     if gold_eval is not None:

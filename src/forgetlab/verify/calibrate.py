@@ -12,8 +12,8 @@ own agreement stays null (agreement is only counted where the interval decides t
   consecutive distinct values (and one step beyond each end); ties go to the candidate farthest from
   its nearest model (the middle of the widest separating gap), then to the lower one. It needs both
   labels among the models, else there is nothing to calibrate.
-* :func:`calibrate`: **leave-one-out**: each model's threshold is fitted on the *other* labelled models,
-  so its own behaviour never sets the line it is judged by.
+* :func:`calibrate`: **leave-one-out**: each model's threshold is fitted on the *other* labelled models
+  (:func:`fit_on`), so its own behaviour never sets the line it is judged by.
 * :func:`recalibrate`: a study's verified rows re-judged with their thresholds (``verdict``,
   ``verdict_rule``, ``agreement``, ``calibration``), and the agreement rate over the models.
 """
@@ -61,23 +61,24 @@ def _labelled(models: Mapping[str, Mapping[str, Any]], key: str) -> dict[str, tu
     return out
 
 
+def fit_on(others: Mapping[str, Mapping[str, Any]], key: str = KEY) -> Calibration | None:
+    """The threshold fitted on ``others``' evidence (``{name: evidence}``), for a model that is not among them;
+    None when they do not hold both behavioural labels."""
+    points = list(_labelled(others, key).values())
+    fit = best_threshold(points)
+    if fit is None:
+        return None
+    t, acc = fit
+    n_rev = sum(r for _, r in points)
+    how = (f"calibrated leave-one-out on {len(points)} other models ({n_rev} reversible, "
+           f"{len(points) - n_rev} irreversible by behaviour), training accuracy {acc:.2f}")  # fmt: skip
+    return Calibration(threshold=round(t, 4), how=how, key=key)
+
+
 def calibrate(models: Mapping[str, Mapping[str, Any]], key: str = KEY) -> dict[str, Calibration | None]:
-    """Leave-one-out thresholds: ``{model: Calibration fitted on the other models' evidence}`` (None where
-    the others do not hold both behavioural labels). ``models`` maps a name to its evidence dict."""
-    labelled = _labelled(models, key)
-    out: dict[str, Calibration | None] = {}
-    for name in models:
-        others = [p for other, p in labelled.items() if other != name]
-        fit = best_threshold(others)
-        if fit is None:
-            out[name] = None
-            continue
-        t, acc = fit
-        n_rev = sum(r for _, r in others)
-        how = (f"calibrated leave-one-out on {len(others)} other models ({n_rev} reversible, "
-               f"{len(others) - n_rev} irreversible by behaviour), training accuracy {acc:.2f}")  # fmt: skip
-        out[name] = Calibration(threshold=round(t, 4), how=how, key=key)
-    return out
+    """Leave-one-out thresholds: ``{model: Calibration fitted on the other models' evidence}`` (:func:`fit_on`;
+    None where the others do not hold both behavioural labels). ``models`` maps a name to its evidence dict."""
+    return {name: fit_on({k: ev for k, ev in models.items() if k != name}, key) for name in models}
 
 
 def recalibrate(rows: MutableMapping[str, MutableMapping[str, Any]]) -> dict[str, Any]:

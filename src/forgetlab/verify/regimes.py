@@ -79,7 +79,7 @@ def pool_seeds(
     """
     from forgetlab.eval.stats import bootstrap_ci, mean_over
     from forgetlab.study.config import NOT_REPORTED
-    from forgetlab.verify.calibrate import calibrate
+    from forgetlab.verify.calibrate import fit_on
     from forgetlab.verify.heldout import pooled_recovery_vqa
     from forgetlab.verify.verdict import EVIDENCE_KEYS, verdict
 
@@ -115,7 +115,7 @@ def pool_seeds(
         if recovery.get("ci"):
             evidence["recovery_vqa_lo"], evidence["recovery_vqa_hi"] = recovery["ci"]
     others = {k: r["evidence"] for k, r in verified.items() if k not in runs and isinstance(r.get("evidence"), Mapping)}
-    cal = calibrate(others | {"\0pooled": evidence})["\0pooled"]
+    cal = fit_on(others)
     v = verdict(evidence, cal)
     out |= {
         "recovery_vqa": recovery,
