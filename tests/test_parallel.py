@@ -32,9 +32,12 @@ def test_follow_up_jobs_run_with_their_inputs_results(workers: int) -> None:
     seen: list[str] = []
     progress: list[tuple[str, int, int]] = []
     jobs = {"sum": (operator.add, (2, 3)), "product": (operator.mul, (4, 5))}
+    spans: dict[str, tuple[float, float]] = {}
     with worker_pool(workers) as pool:
-        out = run_jobs(pool, jobs, lambda *a: progress.append(a), _graph_then(seen))
+        out = run_jobs(pool, jobs, lambda *a: progress.append(a), _graph_then(seen), spans)
     assert out == {"sum": 5, "product": 20, "scaled": 50, "both": 25}
+    assert set(spans) == set(out) and all(start <= end for start, end in spans.values())
+    assert spans["scaled"][0] >= spans["sum"][1]  # a follow-up starts after the job it follows
     assert list(out)[:2] == ["sum", "product"]  # submission order, follow-ups after
     assert sorted(seen) == sorted(out) and seen.index("sum") < seen.index("scaled")
     assert progress[-1] == ("done", 4, 4)

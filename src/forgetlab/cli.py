@@ -18,6 +18,14 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Verifiable m
 console = Console(stderr=True)
 
 
+@app.callback()
+def _program(ctx: typer.Context) -> None:
+    """Verifiable machine unlearning for MLLMs."""
+    from forgetlab.dist.shard import end_process_group
+
+    ctx.call_on_close(end_process_group)  # under accelerate launch: no live gloo group at interpreter exit
+
+
 def _fail(message: str) -> None:
     console.print(f"[bold red]error:[/] {message}")
     raise typer.Exit(2)

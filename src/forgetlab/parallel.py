@@ -76,6 +76,13 @@ def worker_pool(workers: int) -> Iterator[Executor | None]:
 Job = tuple[Callable[..., Any], tuple]
 
 
+def _timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, float, float]:
+    """``fn(*args)`` with the wall-clock times (``time.time()``) it started and ended."""
+    start = time.time()
+    result = fn(*args)
+    return result, start, time.time()
+
+
 def _note(exc: BaseException, note: str) -> None:
     """``exc.add_note(note)`` where Python has it (3.11+)."""
     if hasattr(exc, "add_note"):
@@ -87,6 +94,7 @@ def run_jobs(
     jobs: dict[str, Job],
     progress: Callable[[str, int, int], None] | None = None,
     then: Callable[[str, Any], dict[str, Job]] | None = None,
+    spans: dict[str, tuple[float, float]] | None = None,
 ) -> dict[str, Any]:
     """Run ``{name: (function, args)}`` on ``pool`` (inline when ``None``); results in submission order.
 
@@ -96,8 +104,10 @@ def run_jobs(
     worker idle while the phase's longest job finishes.
 
     A job's exception is raised here, as itself (so callers handle it as they would inline) with a note
-    naming the job, once the jobs already running have finished.
+    naming the job, once the jobs already running have finished. ``spans``, when given, receives each
+    finished job's wall-clock ``(start, end)`` (``time.time()``): where a run's time went.
     """
+    spans = {} if spans is None else spans
     results: dict[str, Any] = {}
     order = list(jobs)
 
@@ -119,7 +129,8 @@ def run_jobs(
                 if progress:
                     progress(name, len(results), len(order))
                 try:
-                    results[name] = fn(*args)
+                    results[name], *span = _timed(fn, *args)
+                    spans[name] = tuple(span)
                 except Exception as exc:
                     _note(exc, f"in job {name!r}")
                     raise
@@ -127,13 +138,14 @@ def run_jobs(
         finally:
             torch.set_num_threads(threads)
     else:
-        running: dict[Future, str] = {pool.submit(fn, *args): name for name, (fn, args) in jobs.items()}
+        running: dict[Future, str] = {pool.submit(_timed, fn, *args): name for name, (fn, args) in jobs.items()}
         while running:
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
                 name = running.pop(future)
                 try:
-                    results[name] = future.result()
+                    results[name], *span = future.result()
+                    spans[name] = tuple(span)
                     more = follow(name)
                 except Exception as exc:
                     for other in running:
@@ -142,7 +154,7 @@ def run_jobs(
                     raise
                 if progress:
                     progress(name, len(results), len(order))
-                running |= {pool.submit(fn, *args): n for n, (fn, args) in more.items()}
+                running |= {pool.submit(_timed, fn, *args): n for n, (fn, args) in more.items()}
     if progress:
         progress("done", len(order), len(order))
     return {name: results[name] for name in order}

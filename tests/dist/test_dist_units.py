@@ -85,3 +85,24 @@ def test_shipped_accelerate_configs_load(name: str, kind: str) -> None:
         stage = int(name[-1])
         json_file = Path(__file__).parents[2] / config.deepspeed_config["deepspeed_config_file"]
         assert f'"stage": {stage}' in json_file.read_text()
+
+
+def test_a_command_ends_the_process_group_it_ran_in(tmp_path: Path) -> None:
+    """A launched command leaves no live gloo group at exit (one that is left can abort the process)."""
+    import torch.distributed as dist
+    from typer.testing import CliRunner
+
+    from forgetlab.cli import app
+    from forgetlab.dist.shard import end_process_group
+
+    end_process_group()  # nothing to end: a no-op
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        assert dist.is_initialized()
+        result = CliRunner().invoke(app, ["synth", "--out", str(tmp_path / "bench"), "--people", "20"])
+        assert result.exit_code == 0, result.output
+        assert (tmp_path / "bench").is_dir()
+        assert not dist.is_initialized()
+    finally:
+        end_process_group()

@@ -15,7 +15,7 @@ import torch
 from dist_jobs import FINETUNE, JOBS, digest, evaluation, importance, run
 from safetensors.torch import save_file
 
-from forgetlab.dist.shard import Shard
+from forgetlab.dist.shard import Shard, end_process_group
 from forgetlab.models.load import load
 from forgetlab.train.finetune import finetune
 
@@ -46,6 +46,7 @@ def main(model_dir: Path, data: Path, out: Path, processes: int) -> None:
     ranks["finetune/weights"] = shard.gather([digest(dict(load(out / "finetune")[0].named_parameters()))])
     if shard.is_main:
         (out / "ranks.json").write_text(json.dumps(ranks, indent=1))
+    end_process_group()  # exiting with a live gloo group can abort the process (SIGABRT)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,17 @@ def _buckets(tensors: Sequence[torch.Tensor], limit: int) -> Iterator[list[torch
         yield run
 
 
+def end_process_group() -> None:
+    """Destroy the launch's process group, if one was initialised (call when a launched program is done).
+
+    A process that exits with a live gloo group can abort (SIGABRT, "terminate called without an active
+    exception"): gloo's worker threads still hold tensors when the interpreter is torn down. Local, not a
+    collective, so it is safe on a process that failed while the others carry on.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 @dataclass(frozen=True)
 class Shard:
     """Process ``rank`` of ``world``; ``device`` is where collective buffers live (the model's device)."""

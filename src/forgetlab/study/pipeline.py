@@ -460,9 +460,10 @@ def run_study(study: StudyConfig, out: Path, console: Console | None = None) -> 
         to_verify.clear()
         return new | ready
 
+    spans: dict[str, tuple[float, float]] = {}
     title = "unlearning and verifying" if verify else "unlearning" if study.runs else "evaluating"
     with worker_pool(workers) as pool, progress_bar(f"{title} ({workers} workers)", console) as update:
-        done = run_jobs(pool, jobs, update, then)
+        done = run_jobs(pool, jobs, update, then, spans)
     first = done["original"]
     write_jsonl(out / "answers" / "original.jsonl", first["rows"])
     models: dict[str, dict] = {"original": first["metrics"] | {"method": "original", "lr": None}}
@@ -550,6 +551,9 @@ def run_study(study: StudyConfig, out: Path, console: Console | None = None) -> 
         "verification": verification if verify else None,
         "seconds": round(time.time() - t0, 1),
         "stage_seconds": dict(timings),  # this invocation's wall time per stage (a cached stage costs ~0)
+        # each job of this invocation: when it started and ended, seconds after the first job started
+        "job_seconds": {k: [round(a - start, 1), round(b - start, 1)] for k, (a, b) in spans.items()
+                        for start in [min(a for a, _ in spans.values())]},
     }
     metrics = with_notes(metrics)  # null + a note where a metric is undefined
     write_json(out / "metrics.json", metrics)
