@@ -9,6 +9,10 @@ used instead (their sum is the demo's compute time, even after a resumed or repe
 Without a manifest, a stage reused from an earlier run costs about nothing, so the figure is a cold
 demo's time only when no stage took ~0 s; the row names the stages that did.
 
+Where the time goes: ``metrics.json`` ``job_seconds`` holds each job's start and end. The jobs are summed by
+kind (worker-seconds); their sum over the worker count is the least the job phase can take on those workers
+whatever the order, so it says how much of the demo's time is its content rather than its scheduling.
+
 The manifest also tells whether the run *is* the packaged demo: the study sections its recorded
 configuration changes (``--people``, ``--set``, ``--log-with``... or ``forgetlab run`` of another study)
 are named in the row, as is where its original model came from (``shipped``: copied; ``trained``:
@@ -45,6 +49,43 @@ def differences(config: dict | None, packaged: dict) -> list[str] | None:
     return sorted(k for k in packaged.keys() | config.keys() if config.get(k) != packaged.get(k))
 
 
+def job_kind(name: str) -> str:
+    """A job's kind: ``grid``, ``seeds``, ``regime``, ``verify run``, ``verify regime``, ``mia``, ``original``..."""
+    kind, _, rest = name.partition(" ")
+    if kind.startswith("regime-"):
+        return "regime"
+    if kind == "verify":
+        return "verify regime" if rest.startswith("regime-") else "verify run"
+    return kind
+
+
+def workers_used(spans: dict[str, list[float]]) -> int:
+    """The most jobs that ran at once (the run's worker count)."""
+    events = sorted([(a, 1) for a, _ in spans.values()] + [(b, -1) for _, b in spans.values()],
+                    key=lambda e: (e[0], e[1]))  # an end before a start at the same instant  # fmt: skip
+    now = most = 0
+    for _, step in events:
+        now += step
+        most = max(most, now)
+    return max(most, 1)
+
+
+def job_budget(spans: dict[str, list[float]]) -> dict | None:
+    """Worker-seconds per job kind, the job phase's length and the least it can take on the same workers."""
+    if not spans:
+        return None
+    by_kind: dict[str, list[float]] = {}
+    for name, (a, b) in spans.items():
+        by_kind.setdefault(job_kind(name), []).append(b - a)
+    workers = workers_used(spans)
+    busy = sum(b - a for a, b in spans.values())
+    phase = max(b for _, b in spans.values()) - min(a for a, _ in spans.values())
+    kinds = {k: {"jobs": len(v), "seconds": round(sum(v), 1), "mean": round(sum(v) / len(v), 1)}
+             for k, v in sorted(by_kind.items(), key=lambda kv: -sum(kv[1]))}  # fmt: skip
+    return {"workers": workers, "worker_seconds": round(busy, 1), "phase": round(phase, 1),
+            "least": round(busy / workers, 1), "busy": round(busy / (workers * phase), 3), "kinds": kinds}  # fmt: skip
+
+
 def measure(args: argparse.Namespace) -> dict:
     path = args.demo_metrics.resolve()
     shown = str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
@@ -70,6 +111,7 @@ def measure(args: argparse.Namespace) -> dict:
         "original": recorded.get("stages", {}).get("original", {}).get("original"),
         "differs": differences(recorded.get("config"), packaged_demo()),
         "written": written.strftime("%Y-%m-%d %H:%M UTC"),
+        "jobs": job_budget(metrics.get("job_seconds") or {}),
     }
 
 
@@ -94,6 +136,12 @@ def report(res: dict) -> None:
         print(f"  {k:<24}{v:10.1f} s")
     if res["cached"]:
         print("stages at ~0 s reused an earlier run: " + ", ".join(res["cached"]))
+    jobs = res.get("jobs")
+    if jobs:
+        print(f"jobs: {jobs['worker_seconds']:.0f} worker-s on {jobs['workers']} workers in a {jobs['phase']:.0f} s "
+              f"phase ({jobs['busy']:.0%} busy; at least {jobs['least']:.0f} s in any order)")
+        for k, v in jobs["kinds"].items():
+            print(f"  {k:<16}{v['jobs']:4d} jobs {v['seconds']:8.1f} worker-s  ({v['mean']:.1f} s each)")
 
 
 def to_rows(res: dict, args: argparse.Namespace) -> list[dict]:
@@ -108,8 +156,13 @@ def to_rows(res: dict, args: argparse.Namespace) -> list[dict]:
     else:
         value = f"{seconds:.1f} s" if seconds < 60 else f"{seconds:.0f} s ({seconds / 60:.1f} min)"
     note = f"{res['path']}, written {res['written']}, {provenance(res)}: {stages}{cached}"
+    jobs = res.get("jobs")
+    if jobs:
+        kinds = ", ".join(f"{k} {v['jobs']}x{v['mean']:.0f} s" for k, v in jobs["kinds"].items())
+        note += (f"; jobs {jobs['worker_seconds']:.0f} worker-s on {jobs['workers']} workers ({kinds}), "
+                 f"{jobs['busy']:.0%} busy, at least {jobs['least']:.0f} s in any order")  # fmt: skip
     return [row("demo", figure, value, note=note, seconds=seconds, stage_seconds=res["stage_seconds"],
-                cached=res["cached"], original=res["original"], differs=res["differs"])]  # fmt: skip
+                cached=res["cached"], original=res["original"], differs=res["differs"], jobs=jobs)]  # fmt: skip
 
 
 def parser() -> argparse.ArgumentParser:

@@ -139,9 +139,14 @@ def test_rerun_reuses_every_stage(demo) -> None:
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")}
     again = _demo(out)
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")} == stamps  # nothing retrained
-    strip = {"seconds", "stage_seconds"}
+    strip = {"seconds", "stage_seconds", "job_seconds"}
     assert {k: v for k, v in again.items() if k not in strip} == {k: v for k, v in metrics.items() if k not in strip}
     assert set(again["stage_seconds"]) == {"benchmark", "original", "gold", "evaluate original", "unlearn", "verify"}
+    jobs = metrics["job_seconds"]  # each job of the first invocation: start and end
+    assert {"original", "baseline", *metrics["regimes"], *(f"verify {k}" for k in metrics["regimes"])} <= set(jobs)
+    assert min(a for a, _ in jobs.values()) == 0 and all(0 <= a <= b for a, b in jobs.values())
+    # a rerun runs every job again, each reading its cached result, but trains no model
+    assert "train retrained" in jobs and set(again["job_seconds"]) == set(jobs) - {"train retrained"}
 
 
 def test_a_run_is_redone_when_its_config_changes(demo) -> None:
