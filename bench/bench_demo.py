@@ -107,7 +107,8 @@ def measure(args: argparse.Namespace) -> dict:
         "study": metrics.get("study"),
         "seconds": metrics.get("seconds"),
         "stage_seconds": stages,
-        "cached": [k for k, v in stages.items() if v is not None and v < CACHED_S and k not in INSTANT],
+        "cached": [k for k, v in stages.items() if v is not None and v < CACHED_S and k not in INSTANT
+                   and recorded.get("stages", {}).get(k, {}).get(k) != "shipped"],  # a shipped model is a copy
         "original": recorded.get("stages", {}).get("original", {}).get("original"),
         "differs": differences(recorded.get("config"), packaged_demo()),
         "written": written.strftime("%Y-%m-%d %H:%M UTC"),
