@@ -49,13 +49,19 @@ def differences(config: dict | None, packaged: dict) -> list[str] | None:
     return sorted(k for k in packaged.keys() | config.keys() if config.get(k) != packaged.get(k))
 
 
+#: the jobs a study names by a single word (every other job is "<kind> <target>", except the regimes, named by run)
+SINGLE_WORD_JOBS = frozenset({"original", "gold", "baseline"})
+
+
 def job_kind(name: str) -> str:
-    """A job's kind: ``grid``, ``seeds``, ``regime``, ``verify run``, ``verify regime``, ``mia``, ``original``..."""
-    kind, _, rest = name.partition(" ")
-    if kind.startswith("regime-"):
-        return "regime"
+    """A job's kind: ``grid``, ``seeds``, ``regime``, ``verify run``, ``verify regime``, ``mia``, ``original``...
+
+    A regime's job is its run name (one word); a grid run's name holds ``@`` and its learning rate."""
+    kind, _, target = name.partition(" ")
+    if not target:
+        return kind if kind in SINGLE_WORD_JOBS else "regime"
     if kind == "verify":
-        return "verify regime" if rest.startswith("regime-") else "verify run"
+        return "verify run" if "@" in target else "verify regime"
     return kind
 
 
