@@ -14,16 +14,18 @@ from rich.table import Table
 
 from forgetlab.train.commands import set_threads
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Verifiable machine unlearning for MLLMs.")
-console = Console(stderr=True)
 
-
-@app.callback()
-def _program(ctx: typer.Context) -> None:
-    """Verifiable machine unlearning for MLLMs."""
+def _succeeded(*_: object, **__: object) -> None:
+    """After a command succeeded: under ``accelerate launch``, end the process group together (a process that
+    exits with a live gloo group can deadlock or abort: :func:`forgetlab.dist.shard.end_process_group`)."""
     from forgetlab.dist.shard import end_process_group
 
-    ctx.call_on_close(end_process_group)  # under accelerate launch: no live gloo group at interpreter exit
+    end_process_group()
+
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Verifiable machine unlearning for MLLMs.",
+                  result_callback=_succeeded)  # fmt: skip
+console = Console(stderr=True)
 
 
 def _fail(message: str) -> None:

@@ -88,7 +88,8 @@ def test_shipped_accelerate_configs_load(name: str, kind: str) -> None:
 
 
 def test_a_command_ends_the_process_group_it_ran_in(tmp_path: Path) -> None:
-    """A launched command leaves no live gloo group at exit (one that is left can abort the process)."""
+    """A launched command that succeeded ends its gloo group (one left alive can hang or abort the process at
+    exit); one that failed leaves it alone (ending it together would wait for peers that may not come)."""
     import torch.distributed as dist
     from typer.testing import CliRunner
 
@@ -99,6 +100,8 @@ def test_a_command_ends_the_process_group_it_ran_in(tmp_path: Path) -> None:
     store = dist.FileStore(str(tmp_path / "store"), 1)
     dist.init_process_group("gloo", store=store, rank=0, world_size=1)
     try:
+        failed = CliRunner().invoke(app, ["synth", "--out", str(tmp_path / "few"), "--people", "4"])
+        assert failed.exit_code == 2 and "people must be >= 20" in failed.output
         assert dist.is_initialized()
         result = CliRunner().invoke(app, ["synth", "--out", str(tmp_path / "bench"), "--people", "20"])
         assert result.exit_code == 0, result.output

@@ -46,7 +46,7 @@ def main(model_dir: Path, data: Path, out: Path, processes: int) -> None:
     ranks["finetune/weights"] = shard.gather([digest(dict(load(out / "finetune")[0].named_parameters()))])
     if shard.is_main:
         (out / "ranks.json").write_text(json.dumps(ranks, indent=1))
-    end_process_group()  # exiting with a live gloo group can abort the process (SIGABRT)
+    end_process_group()  # together, then destroyed: a process leaving a live gloo group can hang or abort
 
 
 if __name__ == "__main__":

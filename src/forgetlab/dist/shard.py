@@ -34,15 +34,27 @@ def _buckets(tensors: Sequence[torch.Tensor], limit: int) -> Iterator[list[torch
         yield run
 
 
-def end_process_group() -> None:
-    """Destroy the launch's process group, if one was initialised (call when a launched program is done).
+#: seconds a finished launch leaves the process group's worker threads before destroying it
+SETTLE_S = 0.1
 
-    A process that exits with a live gloo group can abort (SIGABRT, "terminate called without an active
-    exception"): gloo's worker threads still hold tensors when the interpreter is torn down. Local, not a
-    collective, so it is safe on a process that failed while the others carry on.
+
+def end_process_group() -> None:
+    """End the launch's process group, if one was initialised: call it once a launched program has succeeded.
+
+    Every process waits for the others (a barrier), then releases the GIL briefly, then destroys the group.
+    Why: gloo's worker threads drop a finished collective's tensors after the collective has returned, and
+    need the GIL to do so. If the group is destroyed (or the interpreter torn down) while one of them waits
+    for the GIL, the process deadlocks (the destructor joins that thread holding the GIL) or aborts
+    ("terminate called without an active exception"). A process that leaves right after its last collective
+    hits this. Not for a failed process: the barrier would wait for peers that may never arrive.
     """
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    import time
+
+    dist.barrier()
+    time.sleep(SETTLE_S)  # the worker threads take the GIL and finish dropping the collectives' tensors
+    dist.destroy_process_group()
 
 
 @dataclass(frozen=True)
