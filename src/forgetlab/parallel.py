@@ -76,11 +76,11 @@ def worker_pool(workers: int) -> Iterator[Executor | None]:
 Job = tuple[Callable[..., Any], tuple]
 
 
-def _timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, float, float]:
-    """``fn(*args)`` with the wall-clock times (``time.time()``) it started and ended."""
+def _timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, tuple[float, float]]:
+    """``fn(*args)`` and the wall-clock times (``time.time()``) it started and ended."""
     start = time.time()
     result = fn(*args)
-    return result, start, time.time()
+    return result, (start, time.time())
 
 
 def _note(exc: BaseException, note: str) -> None:
@@ -129,8 +129,7 @@ def run_jobs(
                 if progress:
                     progress(name, len(results), len(order))
                 try:
-                    results[name], *span = _timed(fn, *args)
-                    spans[name] = tuple(span)
+                    results[name], spans[name] = _timed(fn, *args)
                 except Exception as exc:
                     _note(exc, f"in job {name!r}")
                     raise
@@ -144,8 +143,7 @@ def run_jobs(
             for future in finished:
                 name = running.pop(future)
                 try:
-                    results[name], *span = future.result()
-                    spans[name] = tuple(span)
+                    results[name], spans[name] = future.result()
                     more = follow(name)
                 except Exception as exc:
                     for other in running:

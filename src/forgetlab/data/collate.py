@@ -322,6 +322,12 @@ def collate(examples: Sequence[Encoded], pad_id: int, *, left_pad: bool = False)
     return batch
 
 
+def length_order(examples: Sequence[Encoded]) -> list[int]:
+    """Indices of ``examples`` from the shortest to the longest: batches taken in this order carry little padding
+    (a caller puts each row's result back at its index)."""
+    return sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
+
+
 def length_groups(examples: Sequence[Encoded], max_groups: int = 3, overhead: int = 64) -> list[list[Encoded]]:
     """``examples`` split into at most ``max_groups`` micro-batches of similar length.
 

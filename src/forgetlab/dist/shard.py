@@ -7,6 +7,7 @@ group that ``accelerate`` initialised (gloo on CPU, NCCL on GPUs).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -50,8 +51,6 @@ def end_process_group() -> None:
     """
     if not (dist.is_available() and dist.is_initialized()):
         return
-    import time
-
     dist.barrier()
     time.sleep(SETTLE_S)  # the worker threads take the GIL and finish dropping the collectives' tensors
     dist.destroy_process_group()

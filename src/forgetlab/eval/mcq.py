@@ -34,6 +34,7 @@ from forgetlab.data.collate import (
     encode_cached,
     encode_prompt,
     encode_turns,
+    length_order,
     mcq_question,
     option_lines,
     processor_fingerprint,
@@ -148,8 +149,7 @@ def option_tokens(processor, sample: Sample) -> dict[str, int] | None:
 def _sequence_scores(model, examples: list[Encoded], spans: list[tuple[int, int]], pad_id: int, bs: int) -> list[float]:
     """Sum of log p(token) over ``spans[i] = (start, end)`` token positions of each example."""
     out: list[float] = [0.0] * len(examples)
-    by_length = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))  # little padding
-    for idx in _chunks(by_length, bs):
+    for idx in _chunks(length_order(examples), bs):
         batch = collate([examples[i] for i in idx], pad_id)
         batch.pop("labels")
         logprobs = torch.log_softmax(model(**to_model(model, batch)).logits.float(), dim=-1)

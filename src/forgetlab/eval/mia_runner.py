@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from forgetlab.data.collate import IGNORE, collate
+from forgetlab.data.collate import IGNORE, collate, length_order
 from forgetlab.data.schema import FORGET_RATIOS, FT_SPLIT, HOLDOUT_SPLIT, Sample, forget_split
 from forgetlab.eval.mia import mia_auc, mia_scores, privleak
 from forgetlab.eval.mia import token_stats_from_logits as _token_stats
@@ -72,7 +72,7 @@ def answer_token_stats(
     was_training = model.training
     model.eval()
     out: list[TokenStats | None] = [None] * len(examples)
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))  # little padding
+    order = length_order(examples)
     try:
         for start in range(0, len(examples), batch_size):
             index = order[start : start + batch_size]

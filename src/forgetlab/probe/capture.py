@@ -58,7 +58,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from forgetlab.data.collate import IGNORE, Encoded, collate, encode_cached, image_token_ids
+from forgetlab.data.collate import IGNORE, Encoded, collate, encode_cached, image_token_ids, length_order
 from forgetlab.data.schema import Sample
 from forgetlab.io import atomic_path
 from forgetlab.models.groups import _LANGUAGE, _PROJECTOR, _VISION, _find
@@ -521,7 +521,7 @@ def _capture_pass(
     model.eval()
     try:
         # batches of similar length (little padding), every feature row put back in the examples' order below
-        order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
+        order = length_order(examples)
         with _Recorder(sites, _has_cls_token(model)) as rec:
             for start in range(0, len(examples), batch_size):
                 index = torch.tensor(order[start : start + batch_size])

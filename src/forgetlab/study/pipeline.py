@@ -60,6 +60,7 @@ from forgetlab.study.sweep import (
 )
 from forgetlab.verify.assess import VERIFY_KEYS, VerifySettings, verify_baseline, verify_control, verify_model
 from forgetlab.verify.calibrate import recalibrate
+from forgetlab.verify.regimes import as_expected, pool_seeds, run_regime
 
 if TYPE_CHECKING:
     from forgetlab.train.finetune import FinetuneConfig
@@ -257,7 +258,6 @@ def regime_job(study: StudyConfig, regime: RegimeSpec, out: Path, ref: DataRef, 
     and evaluate it (memoised): its metrics row."""
     from forgetlab.benchmarks import evaluate_benchmark
     from forgetlab.models.load import load_for_eval
-    from forgetlab.verify.regimes import run_regime
 
     config = study.regime_config(regime, seed)
     path = run_regime(regime.name, regime.requests, config, original, Path(ref.root), ref.percent,
@@ -506,10 +506,8 @@ def run_study(study: StudyConfig, out: Path, console: Console | None = None) -> 
         verification = recalibrate(verified_rows)
         for row in regime_rows.values():  # the measured reversibility against what the source paper reports
             if "verdict" in row and row["expected"] != NOT_REPORTED:
-                row["as_expected"] = row["verdict"].split(",")[0] == row["expected"].split(",")[0]
+                row["as_expected"] = as_expected(row["verdict"], row["expected"])
         if v.regime_seeds > 1:  # each regime over its seeds: intervals over people and seeds, one pooled verdict
-            from forgetlab.verify.regimes import pool_seeds
-
             runs_of = {r.name: [k for k, (spec, _) in regimes.items() if spec.name == r.name] for r in v.regimes}
             regimes_over_seeds = {
                 regime: pool_seeds({k: regime_rows[k] for k in names},
@@ -527,6 +525,7 @@ def run_study(study: StudyConfig, out: Path, console: Console | None = None) -> 
             reported = row.get("reported") or row.get("report") or {}
             row |= compare.against_gold(chosen_answers[name], reported, row.get("mia"), gold_eval)
     claim_metrics = [selection[0], *selection[2]]
+    first_start = min((a for a, _ in spans.values()), default=0.0)
     metrics = {
         "study": study.name,
         "benchmark": {
@@ -552,8 +551,7 @@ def run_study(study: StudyConfig, out: Path, console: Console | None = None) -> 
         "seconds": round(time.time() - t0, 1),
         "stage_seconds": dict(timings),  # this invocation's wall time per stage (a cached stage costs ~0)
         # each job of this invocation: when it started and ended, seconds after the first job started
-        "job_seconds": {k: [round(a - start, 1), round(b - start, 1)] for k, (a, b) in spans.items()
-                        for start in [min(a for a, _ in spans.values())]},
+        "job_seconds": {k: [round(a - first_start, 1), round(b - first_start, 1)] for k, (a, b) in spans.items()},
     }
     metrics = with_notes(metrics)  # null + a note where a metric is undefined
     write_json(out / "metrics.json", metrics)

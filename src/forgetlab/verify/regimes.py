@@ -60,6 +60,12 @@ def run_regime(
     return model_dir
 
 
+def as_expected(verdict: str, expected: str) -> bool:
+    """Whether a measured verdict has the reversibility the source paper reports (the part before any comma:
+    ``"irreversible, catastrophic"`` matches ``"irreversible"``)."""
+    return verdict.split(",")[0] == expected.split(",")[0]
+
+
 def pool_seeds(
     runs: Mapping[str, Mapping[str, Any]],
     answers: Mapping[str, Sequence[Mapping[str, Any]]],
@@ -126,5 +132,5 @@ def pool_seeds(
         "calibration": None if cal is None else {"threshold": cal.threshold, "how": cal.how, "key": cal.key},
     }
     if out.get("expected") not in (None, NOT_REPORTED):
-        out["as_expected"] = v.label.split(",")[0] == str(out["expected"]).split(",")[0]
+        out["as_expected"] = as_expected(v.label, str(out["expected"]))
     return out
