@@ -38,7 +38,8 @@ def test_all_layers_of_mllms(arch, tiny_mllms, probe_samples):
     assert set(feats) == set(POOLINGS)
     f = feats["mean"]
     assert f.layers == LANG + VISION
-    assert all(f.feats[ly].shape == (6, 256) for ly in LANG)
+    width = model.config.text_config.hidden_size
+    assert all(f.feats[ly].shape == (6, width) for ly in LANG)
     assert all(f.feats[ly].shape[0] == 3 for ly in VISION)  # only the 3 image-text samples
     assert f.rows["vision.0"].tolist() == [0, 1, 2] and f.rows["language.0"].tolist() == list(range(6))
     assert all(bool(torch.isfinite(t).all()) for t in f.feats.values())

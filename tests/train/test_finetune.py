@@ -47,7 +47,7 @@ def test_finetune_learns_text_knowledge(small_bench, tmp_path):
         vision_pretrain_steps=0,
         perception_epochs=0,
         pretrain_epochs=0,
-        epochs=8,
+        epochs=12,
         batch_size=16,
         mcq_fraction=0.0,
         perception_share=0.0,
@@ -58,7 +58,7 @@ def test_finetune_learns_text_knowledge(small_bench, tmp_path):
 
     world = [s for s in load_split(small_bench, "World_Set") if s.task == "classification"]
     acc = evaluate(model, processor, small_bench, EvalConfig(generation=False), eval_sets={"world": world}).metrics
-    assert acc["world_qa_acc"] >= 0.6, acc["world_qa_acc"]  # 8 epochs: 0.85 when measured (6 epochs: 0.35)
+    assert acc["world_qa_acc"] >= 0.6, acc["world_qa_acc"]  # 12 epochs: 0.93 when measured (8: 0.48)
 
 
 def test_pretrain_stage_shows_what_a_base_model_knows(small_bench, bench_texts):
