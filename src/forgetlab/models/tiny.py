@@ -38,16 +38,17 @@ ARCHES: tuple[str, ...] = ("llava", "qwen2vl", "qwen25vl")
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<s>", "</s>"
 
-#: width of the tiny language model (every arch) and of its MLP: small enough that the demo's study runs in
-#: minutes on 2 cores (a training step at batch 8 takes 0.038 s on one thread, against 0.083 s at the earlier
-#: width 256 with MLP 512), large enough to hold the embedded benchmark (``docs/reference.md#tiny-original``)
-TEXT_HIDDEN = 128
-TEXT_INTERMEDIATE = 256
 LLAVA_IMAGE = "<image>"
 QWEN_VISION_START, QWEN_IMAGE, QWEN_VISION_END = "<|vision_start|>", "<|image_pad|>", "<|vision_end|>"
 QWEN_VIDEO = "<|video_pad|>"
 #: the special tokens every tiny tokenizer reserves
 RESERVED_TOKENS = [PAD, UNK, BOS, EOS, LLAVA_IMAGE, QWEN_VISION_START, QWEN_IMAGE, QWEN_VISION_END, QWEN_VIDEO]
+
+#: width of the tiny language model (every arch) and of its MLP: small enough that the demo's study runs in
+#: minutes on 2 cores (a training step at batch 8 takes 0.038 s on one thread, against 0.083 s at the earlier
+#: width 256 with MLP 512), large enough to hold the embedded benchmark (``docs/reference.md#tiny-original``)
+TEXT_HIDDEN = 128
+TEXT_INTERMEDIATE = 256
 
 #: LLaVA-1.5's conversation format ("USER: <image>\n... ASSISTANT: ..."), as a chat template.
 LLAVA_CHAT_TEMPLATE = (
