@@ -76,3 +76,35 @@ def test_report_and_plot(tiny_llama, tmp_path):
     assert rep["total"]["n"] == sum(p.numel() for p in model.parameters())
     paths = plot_fisher({"a": rep, "b": rep}, tmp_path)
     assert [p.name for p in paths] == ["fisher_hist.png", "fisher_layers.png"]
+
+
+@pytest.mark.parametrize("arch", ["llava", "qwen2vl"])
+def test_batched_per_example_fisher_of_the_language_model(arch, tiny_mllms, probe_samples, monkeypatch):
+    """The language model's per-example Fisher from one pass per batch equals one pass per example, on image
+    and text samples (Qwen2's attention projections have biases, so linear biases are checked too)."""
+    import forgetlab.importance as importance
+    from forgetlab.data.collate import encode
+    from forgetlab.importance import answer_nll, fisher_importance
+    from forgetlab.models.groups import module_groups
+
+    finished = []
+    batched_fisher = importance._batched_example_fisher
+
+    def spy(*args, **kwargs):
+        out = batched_fisher(*args, **kwargs)  # raises when it falls back to one pass per example
+        finished.append(1)
+        return out
+
+    monkeypatch.setattr(importance, "_batched_example_fisher", spy)
+    model, processor = tiny_mllms[arch]
+    examples = [encode(processor, s, span="full") for s in probe_samples]
+    language = module_groups(model)["language"]
+    kw = {"pad_id": processor.tokenizer.pad_token_id, "estimator": "example", "batch_size": 4}
+    batched = fisher_importance(model, examples, language, **kw)
+    loop = fisher_importance(model, examples, language, loss_fn=lambda m, b: answer_nll(m, b), **kw)
+    assert finished == [1]
+    biases = [n for n in language if n.endswith("proj.bias")]
+    assert (arch == "qwen2vl") == bool(biases)
+    for n in language:
+        torch.testing.assert_close(batched[n], loop[n], rtol=1e-4, atol=1e-10)
+    assert all(batched[n].abs().sum() > 0 for n in biases)

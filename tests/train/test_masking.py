@@ -77,6 +77,42 @@ def test_example_estimator_is_the_mean_of_per_example_squared_gradients(setting)
     assert not torch.allclose(batch["lm_head.weight"], got["lm_head.weight"])  # they differ in general
 
 
+def test_batched_example_estimator_equals_one_pass_per_example(setting, monkeypatch) -> None:
+    """The language model's per-example Fisher from one pass per batch (hooks) equals the one-pass-per-example
+    loop on every parameter kind: embedding rows (the padding row included), linear weights, RMSNorm weights and
+    the head, over padded batches of image and text examples."""
+    import forgetlab.importance as importance
+
+    model, processor, examples = setting
+    pad = processor.tokenizer.pad_token_id
+    language = module_groups(model)["language"]
+    kinds = {"model.language_model.embed_tokens.weight", "model.language_model.norm.weight", "lm_head.weight"}
+    assert kinds <= language
+    calls = []
+    batched = importance._batched_example_fisher
+
+    def spy(*args, **kwargs):
+        out = batched(*args, **kwargs)  # raises when it falls back
+        calls.append(1)
+        return out
+
+    monkeypatch.setattr(importance, "_batched_example_fisher", spy)
+    got = fisher_importance(model, examples, language, pad_id=pad, estimator="example", batch_size=4)
+    assert calls == [1]  # the batched path ran to the end
+    loop = fisher_importance(  # the same loss through another function: one pass per example
+        model, examples, language, pad_id=pad, estimator="example", loss_fn=lambda m, b: importance.answer_nll(m, b)
+    )
+    assert calls == [1]
+    for n in language:
+        torch.testing.assert_close(got[n], loop[n], rtol=1e-4, atol=1e-10)
+    emb = got["model.language_model.embed_tokens.weight"]
+    assert emb[pad].abs().sum() == 0 and emb.abs().sum() > 0
+    assert all(p.grad is None and p.requires_grad for p in model.parameters())
+    vision_too = PARAMS  # a vision-tower parameter: one pass per example
+    fisher_importance(model, examples, vision_too, pad_id=pad, estimator="example", batch_size=4)
+    assert calls == [1]
+
+
 def per_example_mean_nll(model, batch) -> torch.Tensor:
     """Mean over the batch's examples of each example's token-mean NLL (every example weighs the same)."""
     batch = to_model(model, batch)
