@@ -2,7 +2,7 @@
 
 Run: ``.venv/bin/python bench/bench_unlearn.py [--people 20] [--steps 20] [--repeats 3] [--threads 1] [--quick]``
 (``--quick``: best of 2; ``--rows-json PATH``: the table rows for ``bench/run_all.py``).
-A script, not a test. On the tiny LLaVA of the embedded benchmark (3.4 M parameters, 32-px images)
+A script, not a test. On the tiny LLaVA of the embedded benchmark (1.34 M parameters, 32-px images)
 and a synthetic benchmark of ``--people`` people, it reports:
 
 1. step time and peak memory of MMUnlearner (mask over both groups, precomputed) relative to GA,
@@ -14,6 +14,10 @@ and a synthetic benchmark of ``--people`` people, it reports:
 2. the importance pass (I_f on forget VQA + I_p on retain VQA and all QA) relative to one
    forward+backward epoch over the same examples, batches and encoding (goal <= 1.2x), best of
    ``--repeats``, alternating.
+3. the per-example Fisher (``estimator="example"``) of the language group over the same examples:
+   one forward+backward per batch of 8 with per-example gradients built by hooks (what
+   ``fisher_importance`` does for a language model) against one forward+backward per example (what it
+   does otherwise), best of ``--repeats``, alternating.
 """
 
 from __future__ import annotations
@@ -121,6 +125,35 @@ def importance_vs_epoch(data: Path, model_dir: Path, repeats: int) -> tuple[floa
     return min(times["importance"]), min(times["epoch"])
 
 
+def example_estimator(data: Path, model_dir: Path, repeats: int) -> tuple[float, float]:
+    """Best-of-``repeats`` seconds of the per-example Fisher of the language group over the importance pass's
+    examples: batched (hooks) and one pass per example."""
+    from forgetlab.data.collate import encode
+    from forgetlab.data.mllmu import load_training
+    from forgetlab.importance import answer_nll, fisher_importance
+    from forgetlab.models.groups import module_groups
+    from forgetlab.models.load import load
+    from forgetlab.train.masking import preserve_sets
+
+    model, processor = load(model_dir)
+    forget, retain = load_training(data, "forget_10"), load_training(data, "retain_90")
+    examples = [encode(processor, s, span="full") for ss in preserve_sets(forget, retain).values() for s in ss]
+    language, pad = module_groups(model)["language"], processor.tokenizer.pad_token_id
+    runs = {
+        "batched": lambda: fisher_importance(model, examples, language, pad_id=pad, estimator="example"),
+        # the same loss through another function: fisher_importance then takes one pass per example
+        "loop": lambda: fisher_importance(model, examples, language, pad_id=pad, estimator="example",
+                                          loss_fn=lambda m, b: answer_nll(m, b)),
+    }  # fmt: skip
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return min(times["batched"]), min(times["loop"])
+
+
 QUICK = {"repeats": 2}  # ``--quick`` (make bench): about 1.5 minutes on 2 cores
 
 
@@ -150,7 +183,9 @@ def measure(args: argparse.Namespace) -> dict:
         # the minimum over runs is the least disturbed by other processes on a shared machine
         best = {m: {k: min(r[k] for r in rs) for k in rs[0]} for m, rs in runs.items()}
         t_imp, t_epoch = importance_vs_epoch(data, model_dir, args.repeats)
-    return info | {"ga": best["ga"], "mmu": best["mmunlearner"], "importance_s": t_imp, "epoch_s": t_epoch}
+        t_batched, t_loop = example_estimator(data, model_dir, args.repeats)
+    return info | {"ga": best["ga"], "mmu": best["mmunlearner"], "importance_s": t_imp, "epoch_s": t_epoch,
+                   "example_batched_s": t_batched, "example_loop_s": t_loop}  # fmt: skip
 
 
 def report(res: dict) -> None:
@@ -164,6 +199,9 @@ def report(res: dict) -> None:
           "(goal <= 1.10x)")  # fmt: skip
     print(f"importance   {t_imp:.2f} s vs one forward+backward epoch {t_epoch:.2f} s over the same examples: "
           f"{t_imp / t_epoch:.3f}x (goal <= 1.2x)")  # fmt: skip
+    print(f"per-example Fisher of the language group: one pass per batch {res['example_batched_s']:.2f} s, one "
+          f"pass per example {res['example_loop_s']:.2f} s: {res['example_loop_s'] / res['example_batched_s']:.2f}x "
+          "faster")  # fmt: skip
 
 
 def to_rows(res: dict, args: argparse.Namespace) -> list[dict]:
@@ -172,6 +210,7 @@ def to_rows(res: dict, args: argparse.Namespace) -> list[dict]:
     m_ratio = mmu["peak"] / ga["peak"]
     m_extra = mmu["peak_extra"] / max(ga["peak_extra"], 1)
     i_ratio = res["importance_s"] / res["epoch_s"]
+    e_ratio = res["example_loop_s"] / res["example_batched_s"]
     setting = (f"{args.people} people, batch 8, {args.steps} steps, best of {args.repeats} fresh processes, "
                f"{args.threads} thread(s)")  # fmt: skip
     name = "MMUnlearner vs GA"
@@ -189,6 +228,11 @@ def to_rows(res: dict, args: argparse.Namespace) -> list[dict]:
             f"{res['importance_s']:.2f} s vs {res['epoch_s']:.2f} s over the same examples and batches, "
             f"best of {args.repeats}",
             ratio=i_ratio, importance_s=res["importance_s"], epoch_s=res["epoch_s"]),
+        row("per-example Fisher", "language group, one pass per example / one pass per batch of 8 (hooks)",
+            times(e_ratio), "", None,
+            f"{res['example_loop_s']:.2f} s vs {res['example_batched_s']:.2f} s over the importance pass's examples, "
+            f"best of {args.repeats}; the same numbers up to float summation order",
+            ratio=e_ratio, batched_s=res["example_batched_s"], loop_s=res["example_loop_s"]),
     ]  # fmt: skip
 
 
