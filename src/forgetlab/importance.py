@@ -34,7 +34,8 @@ batch gradient is exactly the one-process one).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Literal
 
 import torch
@@ -100,41 +101,55 @@ def fisher_importance(
                 return _batched_example_fisher(model, examples, params, sites, pad_id, batch_size, shard)
             except _Reused:
                 pass  # a module ran twice in one forward pass: one pass per example instead
-    saved = {n: p.requires_grad for n, p in named.items()}
-    for n, p in named.items():
-        p.requires_grad_(n in params)
     acc = {n: torch.zeros_like(named[n], dtype=torch.float32) for n in params}
     size = 1 if estimator == "example" else batch_size
     starts = range(0, len(examples), size)
-    bad: int | None = None  # first batch with a non-finite loss: every process raises, after the collective
-    was_training = model.training
-    model.eval()  # no dropout: importance of the model as it is
-    try:
+    bad: str | None = None  # the first batch with a non-finite loss: every process raises, after the collective
+    with _scoring(model, params):
         for k in shard.strided(starts):
             batch = collate(examples[k : k + size], pad_id)
             model.zero_grad(set_to_none=True)
             loss = loss_fn(model, batch)
             if not torch.isfinite(loss):
-                bad = k
+                bad = f"batch starting at {k}"
                 break
             loss.backward()
             have = [n for n in params if named[n].grad is not None]
             grads = [named[n].grad.float() for n in have]
             torch._foreach_addcmul_([acc[n] for n in have], grads, grads)  # one fused op over every tensor
+    return _reduce(acc, bad, shard, len(starts))
+
+
+@contextmanager
+def _scoring(model: nn.Module, trainable: set[str]) -> Iterator[None]:
+    """Eval mode (no dropout: importance of the model as it is) and ``requires_grad`` only on ``trainable``
+    for the pass; gradients cleared and both restored afterwards."""
+    named = dict(model.named_parameters())
+    saved = {n: p.requires_grad for n, p in named.items()}
+    was_training = model.training
+    for n, p in named.items():
+        p.requires_grad_(n in trainable)
+    model.eval()
+    try:
+        yield
     finally:
         model.zero_grad(set_to_none=True)
         for n, p in named.items():
             p.requires_grad_(saved[n])
         model.train(was_training)
+
+
+def _reduce(acc: dict[str, torch.Tensor], bad: str | None, shard: Shard, count: int) -> dict[str, torch.Tensor]:
+    """The sums of squares of every process over ``count`` batches or examples; if any process met a non-finite
+    loss (``bad``: where, on this one), all of them raise."""
     failed = torch.tensor([int(bad is not None)], device=shard.device)
     shard.all_sum([failed])
     if failed.item():
-        where = f"batch starting at {bad}" if bad is not None else "in another process's batches"
-        raise FloatingPointError(f"non-finite loss while estimating importance ({where})")
+        raise FloatingPointError(f"non-finite loss while estimating importance ({bad or 'in another process'})")
     names = sorted(acc)  # the same order on every process
     shard.all_sum([acc[n] for n in names])
     for t in acc.values():
-        t.div_(len(starts))
+        t.div_(count)
     return acc
 
 
@@ -210,7 +225,6 @@ def _batched_example_fisher(
     """The ``example`` estimator from one forward+backward per batch (module doc); the same result and
     errors as one pass per example."""
     named = dict(model.named_parameters())
-    saved = {n: p.requires_grad for n, p in named.items()}
     acc = {n: torch.zeros_like(named[n], dtype=torch.float32) for n in params}
     by_module: dict[nn.Module, dict[str, str]] = {}
     for name, (module, kind) in sites.items():
@@ -268,43 +282,26 @@ def _batched_example_fisher(
             x = x.detach()
         output.register_hook(lambda g: accumulate(module, x, g))
 
-    for p in named.values():
-        p.requires_grad_(False)  # no weight gradient is needed: the hooks build each example's from g and x
-
     def source(module, args, output):  # the graph starts at the token embeddings
         return output.detach().requires_grad_(True)
 
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))  # less padding
     starts = range(0, len(examples), batch_size)
-    bad: int | None = None
-    was_training = model.training
-    model.eval()
+    bad: str | None = None
     handles = [model.get_input_embeddings().register_forward_hook(source)]
     handles += [m.register_forward_hook(hook, with_kwargs=True) for m in by_module]
-    try:
-        for k in shard.strided(starts):
-            batch = collate([examples[i] for i in order[k : k + batch_size]], pad_id)
-            model.zero_grad(set_to_none=True)
-            ran.clear()
-            losses = _per_example_nll(model, batch)
-            if not torch.isfinite(losses).all():
-                bad = order[k + int((~torch.isfinite(losses)).nonzero()[0])]
-                break
-            losses.sum().backward()
-    finally:
-        for h in handles:
-            h.remove()
-        model.zero_grad(set_to_none=True)
-        for n, p in named.items():
-            p.requires_grad_(saved[n])
-        model.train(was_training)
-    failed = torch.tensor([int(bad is not None)], device=shard.device)
-    shard.all_sum([failed])
-    if failed.item():
-        where = f"example {bad}" if bad is not None else "in another process's batches"
-        raise FloatingPointError(f"non-finite loss while estimating importance ({where})")
-    names = sorted(acc)
-    shard.all_sum([acc[n] for n in names])
-    for t in acc.values():
-        t.div_(len(examples))
-    return acc
+    # no parameter requires a gradient: the hooks build each example's from g and x
+    with _scoring(model, set()):
+        try:
+            for k in shard.strided(starts):
+                batch = collate([examples[i] for i in order[k : k + batch_size]], pad_id)
+                ran.clear()
+                losses = _per_example_nll(model, batch)
+                if not torch.isfinite(losses).all():
+                    bad = f"example {order[k + int((~torch.isfinite(losses)).nonzero()[0])]}"
+                    break
+                losses.sum().backward()
+        finally:
+            for h in handles:
+                h.remove()
+    return _reduce(acc, bad, shard, len(examples))

@@ -3,6 +3,8 @@ error or an explicit empty result, never a NaN that flows on."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from train_helpers import small_llava, splits
@@ -56,3 +58,18 @@ def test_zero_importance_everywhere_gives_an_empty_mask_that_is_refused(setting)
     assert Mask({}).fraction == 0.0
     with pytest.raises(MaskError, match="selects no parameter"):
         Mask({}).validate(model)
+
+
+def test_an_example_with_nothing_supervised_is_an_error_in_the_batched_per_example_pass(setting) -> None:
+    """The per-example Fisher of the language model (one pass per batch) names the example whose loss is not
+    finite, as one pass per example does, and leaves the model as it was."""
+    from forgetlab.models.groups import module_groups
+
+    model, processor, examples = setting
+    pad = processor.tokenizer.pad_token_id
+    empty = dataclasses.replace(examples[1], labels=torch.full_like(examples[1].labels, -100))
+    language = module_groups(model)["language"]
+    mode = model.training
+    with pytest.raises(FloatingPointError, match=r"non-finite loss while estimating importance \(example 1\)"):
+        fisher_importance(model, [examples[0], empty, *examples[2:]], language, pad_id=pad, estimator="example")
+    assert all(p.requires_grad and p.grad is None for p in model.parameters()) and model.training == mode
