@@ -43,7 +43,7 @@ from torch import nn
 
 from forgetlab.data.collate import Encoded, collate
 from forgetlab.dist.shard import Shard
-from forgetlab.models.groups import parameter_aliases
+from forgetlab.models.groups import language_module, parameter_aliases
 from forgetlab.models.inputs import forward_kwargs, to_model
 
 Estimator = Literal["batch", "example"]
@@ -179,9 +179,7 @@ def _is_affine_norm(module: nn.Module) -> bool:
 def _per_example_sites(model: nn.Module, params: set[str]) -> dict[str, tuple[nn.Module, str]] | None:
     """``{canonical parameter name: (module, "weight" | "bias")}`` for the batched per-example pass, or None when
     some selected parameter is outside the language model, is tied, or is not a linear / embedding / norm one."""
-    from forgetlab.probe.capture import language_module  # the language model: the part that sees [B, T, d]
-
-    lang = language_module(model)
+    lang = language_module(model)  # the language model: the part that sees the batch as [B, T, d]
     head = model.get_output_embeddings() if callable(getattr(model, "get_output_embeddings", None)) else None
     inside = {id(p) for p in lang.parameters()} | ({id(p) for p in head.parameters()} if head is not None else set())
     owners: dict[int, list[tuple[nn.Module, str]]] = {}

@@ -146,3 +146,19 @@ def is_linear_weight(model: nn.Module, name: str, tied: dict[str, list[str]] | N
         if not isinstance(module, nn.Linear) or module is head:
             return False
     return True
+
+
+def language_module(model: nn.Module) -> nn.Module:
+    """The language model's decoder stack (the module that owns the decoder blocks)."""
+    found = _find(model, _LANGUAGE)
+    if found is not None:
+        return found[1]
+    get_decoder = getattr(model, "get_decoder", None)
+    if callable(get_decoder):
+        try:
+            dec = get_decoder()
+        except (AttributeError, NotImplementedError, TypeError):
+            dec = None
+        if isinstance(dec, nn.Module):
+            return dec
+    return getattr(model, "base_model", model)

@@ -61,7 +61,7 @@ from torch import nn
 from forgetlab.data.collate import IGNORE, Encoded, collate, encode_cached, image_token_ids, length_order
 from forgetlab.data.schema import Sample
 from forgetlab.io import atomic_path
-from forgetlab.models.groups import _LANGUAGE, _PROJECTOR, _VISION, _find
+from forgetlab.models.groups import _PROJECTOR, _VISION, _find, language_module
 from forgetlab.models.inputs import forward_kwargs, to_model
 
 POOLINGS: tuple[str, ...] = ("mean", "mean_text", "last")
@@ -100,22 +100,6 @@ def _attr_path(module: nn.Module, path: str) -> nn.Module | None:
         if module is None:
             return None
     return module
-
-
-def language_module(model: nn.Module) -> nn.Module:
-    """The language model's decoder stack (the module that owns the decoder blocks)."""
-    found = _find(model, _LANGUAGE)
-    if found is not None:
-        return found[1]
-    get_decoder = getattr(model, "get_decoder", None)
-    if callable(get_decoder):
-        try:
-            dec = get_decoder()
-        except (AttributeError, NotImplementedError, TypeError):
-            dec = None
-        if isinstance(dec, nn.Module):
-            return dec
-    return getattr(model, "base_model", model)
 
 
 def decoder_blocks(lang: nn.Module) -> nn.ModuleList:
