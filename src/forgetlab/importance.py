@@ -50,15 +50,21 @@ Estimator = Literal["batch", "example"]
 ESTIMATORS: tuple[str, ...] = ("batch", "example")
 
 
+def _token_nll(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token NLL at every position ``[B, T-1]`` (0 where the label is -100) and the supervised mask (the
+    batch is moved to the model's device)."""
+    batch = to_model(model, batch)
+    labels = batch["labels"][:, 1:]
+    logits = model(**forward_kwargs(model, batch), use_cache=False).logits[:, :-1].float()
+    nll = nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
+    return nll, labels != -100
+
+
 def answer_nll(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Token-mean NLL over the batch's supervised (label != -100) positions (the batch is moved to the
     model's device)."""
-    batch = to_model(model, batch)
-    labels = batch["labels"]
-    logits = model(**forward_kwargs(model, batch), use_cache=False).logits[:, :-1].float()
-    return nn.functional.cross_entropy(
-        logits.reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1), ignore_index=-100
-    )
+    nll, supervised = _token_nll(model, batch)
+    return nll.sum() / supervised.sum()
 
 
 def fisher_importance(
@@ -204,11 +210,8 @@ def _per_example_sites(model: nn.Module, params: set[str]) -> dict[str, tuple[nn
 def _per_example_nll(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Each example's token-mean NLL over its supervised positions (NaN for an example with none, as
     :func:`answer_nll` gives for it alone)."""
-    batch = to_model(model, batch)
-    labels = batch["labels"][:, 1:]
-    logits = model(**forward_kwargs(model, batch), use_cache=False).logits[:, :-1].float()
-    nll = nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
-    return nll.sum(1) / (labels != -100).sum(1)
+    nll, supervised = _token_nll(model, batch)
+    return nll.sum(1) / supervised.sum(1)
 
 
 def _batched_example_fisher(
@@ -264,7 +267,7 @@ def _batched_example_fisher(
         if ran[module] > 1:
             raise _Reused(type(module).__name__)
         x = args[0] if args else next(iter(kwargs.values()))
-        if not isinstance(module, (nn.Linear, nn.Embedding)):
+        if not isinstance(module, (nn.Linear, nn.Embedding)) and "weight" in by_module[module]:
             own = dict(module.named_parameters(recurse=False))
             zero = {k: torch.zeros_like(v) for k, v in own.items()}
             one = dict(zero, weight=torch.ones_like(own["weight"]))
