@@ -44,7 +44,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from forgetlab.data.collate import Span, encode
+from forgetlab.data.collate import Span, encode_cached
 from forgetlab.data.mllmu import DataError, load_text_questions, load_training
 from forgetlab.data.schema import Sample, forget_split, retain_split
 from forgetlab.dist.shard import Shard
@@ -206,7 +206,7 @@ def group_importance(
                     f"(the {'retain split holds no VQA samples' if k == 'retain_vqa' else 'splits hold no text QA'})"
                 )
     pad_id = getattr(processor, "tokenizer", processor).pad_token_id
-    encoded = {k: [encode(processor, s, span=span) for s in v] for k, v in sets.items()}
+    encoded = {k: [encode_cached(processor, s, span=span) for s in v] for k, v in sets.items()}
     kw = {"pad_id": pad_id, "estimator": estimator, "batch_size": batch_size, "shard": shard}
     every = set().union(*names.values())
     i_forget = fisher_importance(model, encoded["forget_vqa"], every, **kw)

@@ -66,7 +66,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from peft import LoraConfig, get_peft_model
 
-from forgetlab.data.collate import Encoded, collate, encode
+from forgetlab.data.collate import collate, encode_cached
 from forgetlab.data.mllmu import load_training
 from forgetlab.data.pairing import Step, plan_steps
 from forgetlab.data.schema import Sample, forget_split, retain_split
@@ -154,7 +154,6 @@ class UnlearnRecipe:
         self.masks: dict[torch.nn.Parameter, torch.Tensor] = {}
         #: benchmark folder, read for MMUnlearner's text preserve set when the training rows have no text QA
         self.data_root: Path | None = None
-        self._cache: dict[tuple[str, int], Encoded] = {}
 
     # ------------------------------------------------------------------ setup
     def setup(
@@ -296,10 +295,9 @@ class UnlearnRecipe:
         return get_peft_model(model, lora)
 
     def _batch(self, which: str, indices: Sequence[int]) -> dict[str, torch.Tensor]:
-        for i in indices:
-            if (which, i) not in self._cache:
-                self._cache[(which, i)] = encode(self.processor, self.data[which][i], span=self.config.span)
-        batch = collate([self._cache[(which, i)] for i in indices], self.pad_id)
+        # memoised per process: every run of a study's worker trains on the same forget and retain samples
+        encoded = [encode_cached(self.processor, self.data[which][i], span=self.config.span) for i in indices]
+        batch = collate(encoded, self.pad_id)
         return {k: v.to(self.accelerator.device) for k, v in batch.items()}
 
     def _part(self, which: str, indices: Sequence[int]) -> dict[str, torch.Tensor]:
