@@ -54,6 +54,23 @@ def test_same_seed_gives_bit_identical_weights(words, tiny_bench) -> None:
     assert not all(torch.equal(a[n], c[n]) for n in a)
 
 
+def test_a_second_run_in_the_process_reuses_the_encodings(words, tiny_bench, monkeypatch) -> None:
+    """A study worker runs many recipes on the same forget and retain samples: each is encoded once."""
+    import forgetlab.data.collate as collate_module
+
+    calls = []
+    real = collate_module._encode_text
+    monkeypatch.setattr(collate_module, "_ENCODED", {})  # what earlier tests of this process encoded
+    monkeypatch.setattr(collate_module, "_encode_text", lambda *a, **k: calls.append(1) or real(*a, **k))
+    fields = {"method": "ga_diff", "lr": 1e-3, "max_steps": 3, "batch_size": 4, "span": "answer"}
+    first = snapshot(run(words, tiny_bench, **fields)[1])
+    n_first = len(calls)
+    second = snapshot(run(words, tiny_bench, **fields)[1])
+    assert n_first >= 8  # 3 forget + 3 retain batches of 4 (overlapping retain draws aside)
+    assert len(calls) == n_first  # nothing encoded again
+    assert all(torch.equal(first[n], second[n]) for n in first)
+
+
 def test_joint_pairing_is_a_function_of_seed_and_step() -> None:
     plan = plan_steps(10, 50, batch_size=4, epochs=2, seed=3)
     assert [s.kind for s in plan] == ["forget"] * 6
