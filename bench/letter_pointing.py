@@ -1,11 +1,12 @@
 """How many training steps a model of the embedded original's size needs before it answers an MCQ by letter.
 
-Run: ``.venv/bin/python bench/bench_letter_pointing.py [--steps 3000] [--batch 32] [--easy-share 0 0.5]
-[--seed 0] [--threads 1] [--quick]`` (``--quick``: 300 steps). A script, not a test, and not part of
-``bench/run_all.py`` (each setting takes minutes). It measures why MLLMU-Bench's generate protocol is at
-chance on the embedded original (``docs/RESULTS.md``): answering by letter needs the model to recall the
-answer, find the option that holds it and copy that option's letter, and this script times how long that
-takes to form on its own, away from images and the benchmark's other tasks.
+Run: ``.venv/bin/python bench/letter_pointing.py [--steps 3000] [--batch 32] [--easy-share 0 0.5]
+[--seed 0] [--threads 1] [--quick]`` (``--quick``: 300 steps). A script, not a test, and not a
+``bench_*.py``, so ``bench/run_all.py`` leaves it out (each setting takes minutes). It measures why
+MLLMU-Bench's generate protocol is at chance on the embedded original (``docs/RESULTS.md``): answering
+by letter needs the model to recall the answer, find the option that holds it and copy that option's
+letter, and this script times how long that takes to form on its own, away from images and the
+benchmark's other tasks.
 
 The model: a fresh ``LlamaForCausalLM`` with the embedded original's language model (width 128, MLP 256,
 4 layers, 4 heads, untied). The data: synthetic people, each with one answer per relation drawn from
