@@ -139,12 +139,13 @@ def steps_to_letter(args: argparse.Namespace, easy_share: float) -> dict:
         n_copy = args.batch if step < args.copy_steps else round(args.batch * args.copy_share)
         mcq = [facts.question(True, rng.random() < easy_share) for _ in range(args.batch - n_copy)]
         plain = [facts.question(False, False) for _ in range(args.batch)]
-        lp, yp = _last_logits(model, plain)
-        loss = torch.nn.functional.cross_entropy(lp, yp)
+        loss = torch.zeros(())
         if mcq:
             lm, ym = _last_logits(model, mcq)
-            loss = loss + torch.nn.functional.cross_entropy(lm, ym)
+            loss = torch.nn.functional.cross_entropy(lm, ym)
             ema = 0.9 * ema + 0.1 * float((lm.argmax(-1) == ym).float().mean())
+        lp, yp = _last_logits(model, plain)
+        loss = loss + torch.nn.functional.cross_entropy(lp, yp)
         if n_copy:
             lc, yc = _last_logits(model, [facts.copy_question() for _ in range(n_copy)])
             loss = loss + torch.nn.functional.cross_entropy(lc, yc)
