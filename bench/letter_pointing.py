@@ -89,19 +89,20 @@ class Facts:
         pool = [w for k, p in enumerate(self.pools) if k != r for w in p] if easy else self.pools[r]
         options = rng.sample([w for w in pool if w != answer], 3) + [answer]
         rng.shuffle(options)
-        for letter, option in zip(self.letters, options, strict=True):
-            prompt += [letter, self.colon, option]
-        return prompt + self.instruction + [self.assistant, self.colon], self.letters[options.index(answer)]
+        return self._with_options(prompt, options, answer)
 
     def copy_question(self) -> tuple[list[int], int]:
         """A copy MCQ: the answer is named in the question, the distractors are of its kind."""
+        assert self.which is not None, "Facts(copy=True) for copy MCQs"
         options = self.rng.sample(self.pools[self.rng.randrange(len(self.pools))], 4)
         answer = options[0]
         self.rng.shuffle(options)
-        assert self.which is not None, "Facts(copy=True) for copy MCQs"
-        prompt = [self.user, self.colon, self.which, self.is_, answer, self.qmark]
+        return self._with_options([self.user, self.colon, self.which, self.is_, answer, self.qmark], options, answer)
+
+    def _with_options(self, prompt: list[int], options: list[int], answer: int) -> tuple[list[int], int]:
+        """``prompt`` + the lettered options + the instruction, and the answer's letter."""
         for letter, option in zip(self.letters, options, strict=True):
-            prompt += [letter, self.colon, option]
+            prompt = prompt + [letter, self.colon, option]
         return prompt + self.instruction + [self.assistant, self.colon], self.letters[options.index(answer)]
 
 
@@ -139,7 +140,7 @@ def steps_to_letter(args: argparse.Namespace, easy_share: float) -> dict:
         n_copy = args.batch if step < args.copy_steps else round(args.batch * args.copy_share)
         mcq = [facts.question(True, rng.random() < easy_share) for _ in range(args.batch - n_copy)]
         plain = [facts.question(False, False) for _ in range(args.batch)]
-        loss = torch.zeros(())
+        loss = torch.zeros(())  # recall MCQs first: runs without copy MCQs train as before they existed
         if mcq:
             lm, ym = _last_logits(model, mcq)
             loss = torch.nn.functional.cross_entropy(lm, ym)
