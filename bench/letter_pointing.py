@@ -1,7 +1,7 @@
 """How many training steps a model of the embedded original's size needs before it answers an MCQ by letter.
 
 Run: ``.venv/bin/python bench/letter_pointing.py [--steps 3000] [--batch 32] [--easy-share 0 0.5]
-[--copy-share 0.25 --copy-steps 1800] [--seed 0] [--threads 1] [--quick]`` (``--quick``: 300 steps). A
+[--copy-share 0.25 --copy-steps 1800] [--tie] [--seed 0] [--threads 1] [--quick]`` (``--quick``: 300 steps). A
 script, not a test, and not a ``bench_*.py``, so ``bench/run_all.py`` leaves it out (each setting takes
 minutes). It measures why MLLMU-Bench's generate protocol is at chance on the embedded original
 (``docs/RESULTS.md``): answering by letter needs the model to recall the answer, find the option that
@@ -9,7 +9,7 @@ holds it and copy that option's letter, and this script times how long that take
 away from images and the benchmark's other tasks.
 
 The model: a fresh ``LlamaForCausalLM`` with the embedded original's language model (width 128, MLP 256,
-4 layers, 4 heads, untied). The data: synthetic people, each with one answer per relation drawn from
+4 layers, 4 heads, untied unless ``--tie``). The data: synthetic people, each with one answer per relation drawn from
 that relation's pool of ``--pool`` words, asked in the token layout of the reference's prompt
 (``user : what is the <relation> of <first> <last> ? a : <w> b : <w> c : <w> d : <w> <8-token
 instruction> assistant :``). Each step trains on ``--batch`` MCQs
@@ -29,6 +29,7 @@ target) is still the recall MCQs', the copy MCQs' is in the curve.
 from __future__ import annotations
 
 import argparse
+import copy
 import random
 import time
 
@@ -49,6 +50,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--easy-share", type=float, nargs="+", default=[0.0, 0.5], help="settings to time")
     ap.add_argument("--copy-share", type=float, default=0.0, help="share of the MCQs that are copy MCQs")
     ap.add_argument("--copy-steps", type=int, default=0, help="first steps with copy MCQs only")
+    ap.add_argument("--tie", action="store_true", help="tied input and output embeddings")
     ap.add_argument("--seed", type=int, default=0)
     add_common_args(ap)
     return ap
@@ -68,14 +70,16 @@ class Facts:
         self.letters = take(4)
         self.relations = take(4)
         self.pools = [take(pool) for _ in self.relations]
-        firsts, lasts = take(40), take(12)  # surnames shared, as in the benchmark
-        self.people = [
-            ([rng.choice(firsts), rng.choice(lasts)], [rng.choice(p) for p in self.pools]) for _ in range(people)
-        ]
+        self.firsts, self.lasts = take(40), take(12)  # surnames shared, as in the benchmark
+        self.people = [self._person(rng) for _ in range(people)]
         # the copy MCQs' "which": last, so that runs without them keep the vocabulary (and the init) as before
         self.which = next(ids) if copy else None
         self.vocab = next(ids)
         self.rng = rng
+
+    def _person(self, rng: random.Random) -> tuple[list[int], list[int]]:
+        """A name (first, last) and one answer per relation."""
+        return [rng.choice(self.firsts), rng.choice(self.lasts)], [rng.choice(p) for p in self.pools]
 
     def question(self, mcq: bool, easy: bool) -> tuple[list[int], int]:
         """A prompt and its target: the letter (``mcq``) or the answer word."""
@@ -90,6 +94,23 @@ class Facts:
         options = rng.sample([w for w in pool if w != answer], 3) + [answer]
         rng.shuffle(options)
         return self._with_options(prompt, options, answer)
+
+    def answer_question(self) -> tuple[list[int], int]:
+        """An MCQ whose target is the answer word, not its letter: recall in the MCQ's context, no pointing."""
+        prompt, letter = self.question(True, False)
+        return prompt, prompt[prompt.index(letter) + 2]  # the letter, ":", its option
+
+    def newcomers(self, people: int, rng: random.Random) -> Facts:
+        """Other people, none named like one of these, with the same vocabulary; their questions draw on ``rng``."""
+        taken = {tuple(name) for name, _ in self.people}
+        other = copy.copy(self)
+        other.rng, other.people = rng, []
+        while len(other.people) < people:
+            name, answers = self._person(rng)
+            if tuple(name) not in taken:
+                taken.add(tuple(name))
+                other.people.append((name, answers))
+        return other
 
     def copy_question(self) -> tuple[list[int], int]:
         """A copy MCQ: the answer is named in the question, the distractors are of its kind."""
@@ -119,21 +140,28 @@ def _last_logits(model, items: list[tuple[list[int], int]]) -> tuple[torch.Tenso
     return logits, torch.tensor([t for _, t in items])
 
 
-def steps_to_letter(args: argparse.Namespace, easy_share: float) -> dict:
-    """Train until the letter accuracy reaches :data:`TARGET` or ``args.steps``; the step and the curve."""
+def text_model(vocab: int, tie: bool = False):
+    """A fresh ``LlamaForCausalLM`` of the embedded original's language size (call ``torch.manual_seed`` first);
+    ``tie``: one matrix for the input embeddings and the output layer."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from forgetlab.models.tiny import TEXT_HIDDEN, TEXT_INTERMEDIATE
 
+    config = LlamaConfig(
+        vocab_size=vocab, hidden_size=TEXT_HIDDEN, intermediate_size=TEXT_INTERMEDIATE, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128, tie_word_embeddings=tie,
+        pad_token_id=0, bos_token_id=2, eos_token_id=3,
+    )  # fmt: skip
+    return LlamaForCausalLM(config)
+
+
+def steps_to_letter(args: argparse.Namespace, easy_share: float) -> dict:
+    """Train until the letter accuracy reaches :data:`TARGET` or ``args.steps``; the step and the curve."""
+
     rng = random.Random(args.seed)
     torch.manual_seed(args.seed)
     facts = Facts(args.people, args.pool, rng, copy=bool(args.copy_share or args.copy_steps))
-    config = LlamaConfig(
-        vocab_size=facts.vocab, hidden_size=TEXT_HIDDEN, intermediate_size=TEXT_INTERMEDIATE, num_hidden_layers=4,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128, tie_word_embeddings=False,
-        pad_token_id=0, bos_token_id=2, eos_token_id=3,
-    )  # fmt: skip
-    model = LlamaForCausalLM(config)
+    model = text_model(facts.vocab, args.tie)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     ema, ema_copy, curve, reached, t0 = 0.25, 0.25, [], None, time.time()
     for step in range(args.steps):
