@@ -44,16 +44,22 @@ def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=3000, help="most steps per setting")
     ap.add_argument("--batch", type=int, default=32, help="MCQs per step (and as many plain questions)")
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--people", type=int, default=100)
-    ap.add_argument("--pool", type=int, default=10, help="answers per relation")
     ap.add_argument("--easy-share", type=float, nargs="+", default=[0.0, 0.5], help="settings to time")
     ap.add_argument("--copy-share", type=float, default=0.0, help="share of the MCQs that are copy MCQs")
     ap.add_argument("--copy-steps", type=int, default=0, help="first steps with copy MCQs only")
+    add_facts_args(ap)
+    return ap
+
+
+def add_facts_args(ap: argparse.ArgumentParser) -> None:
+    """The options of the model, the data and the optimiser (shared with ``pointing_transfer.py``), and the
+    common ones."""
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--people", type=int, default=100, help="synthetic people (per set in pointing_transfer.py)")
+    ap.add_argument("--pool", type=int, default=10, help="answers per relation")
     ap.add_argument("--tie", action="store_true", help="tied input and output embeddings")
     ap.add_argument("--seed", type=int, default=0)
     add_common_args(ap)
-    return ap
 
 
 class Facts:
@@ -157,7 +163,6 @@ def text_model(vocab: int, tie: bool = False):
 
 def steps_to_letter(args: argparse.Namespace, easy_share: float) -> dict:
     """Train until the letter accuracy reaches :data:`TARGET` or ``args.steps``; the step and the curve."""
-
     rng = random.Random(args.seed)
     torch.manual_seed(args.seed)
     facts = Facts(args.people, args.pool, rng, copy=bool(args.copy_share or args.copy_steps))
@@ -201,8 +206,8 @@ def report(res: list[dict], args: argparse.Namespace) -> None:
         when = f"step {r['reached']}" if r["reached"] is not None else f"not within {args.steps} steps"
         print(f"easy-distractor share {r['easy_share']:.2f}: letter accuracy {TARGET} at {when} ({r['seconds']} s)")
         for c in r["curve"]:
-            copy = f"  copy {c['copy_acc']:.2f}" if args.copy_share or args.copy_steps else ""
-            print(f"  step {c['step']:5d}  letter {c['letter_acc']:.2f}{copy}  recall {c['recall_acc']:.2f}")
+            copied = f"  copy {c['copy_acc']:.2f}" if args.copy_share or args.copy_steps else ""
+            print(f"  step {c['step']:5d}  letter {c['letter_acc']:.2f}{copied}  recall {c['recall_acc']:.2f}")
 
 
 def to_rows(res: list[dict], args: argparse.Namespace) -> list[dict]:

@@ -30,8 +30,8 @@ import random
 import time
 
 import torch
-from _common import add_common_args, row, run_main
-from letter_pointing import Facts, _last_logits, text_model
+from _common import row, run_main
+from letter_pointing import Facts, _last_logits, add_facts_args, text_model
 
 QUICK = {"pretrain_steps": 300, "steps": 100, "every": 50}
 VARIANTS = ("plain", "plain + answer-target MCQs")
@@ -43,12 +43,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--steps", type=int, default=1500, help="steps on set B, per variant")
     ap.add_argument("--every", type=int, default=250, help="evaluate every this many steps")
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--people", type=int, default=100, help="people per set")
-    ap.add_argument("--pool", type=int, default=10, help="answers per relation")
-    ap.add_argument("--tie", action="store_true", help="tied input and output embeddings")
-    ap.add_argument("--seed", type=int, default=0)
-    add_common_args(ap)
+    add_facts_args(ap)
     return ap
 
 
